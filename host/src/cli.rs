@@ -1,0 +1,107 @@
+//! The command line: `wasmtp serve` and `wasmtp check-config`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, LogFormat, UpstreamUrl};
+
+#[derive(Debug, Parser)]
+#[command(name = "wasmtp", version, about = "A WebAssembly SMTP filtering proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+enum Commands {
+    /// Run the proxy.
+    Serve {
+        /// TOML configuration file; without it every setting has its default.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Address to listen on (overrides `server.listen`).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// `smtp://host:port` or `maildir:PATH` (overrides `upstream.url`).
+        #[arg(long)]
+        upstream: Option<UpstreamUrl>,
+    },
+    /// Load and validate a configuration file, then print the settings that matter.
+    CheckConfig {
+        /// TOML configuration file.
+        file: PathBuf,
+    },
+}
+
+/// Entry point of the `wasmtp` binary.
+pub fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Commands::Serve { config, listen, upstream } => {
+            let mut config = match &config {
+                Some(path) => Config::load(path)?,
+                None => Config::default(),
+            };
+            if let Some(listen) = listen {
+                config.server.listen = listen;
+            }
+            if let Some(upstream) = upstream {
+                config.upstream.url = Some(upstream);
+            }
+            init_logging(&config);
+            serve(config)
+        }
+        Commands::CheckConfig { file } => {
+            let config = Config::load(&file)?;
+            println!("{}: ok", file.display());
+            println!("  listen:   {}", config.server.listen);
+            println!("  upstream: {}{}", config.upstream_url(), if config.upstream.url.is_none() { " (default)" } else { "" });
+            println!("  hostname: {}", config.hostname());
+            Ok(())
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = crate::server::bind(config.server.listen)
+            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        crate::server::run(listener, config, shutdown_signal()).await
+    })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot install the SIGTERM handler");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested");
+}

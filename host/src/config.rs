@@ -1,0 +1,427 @@
+//! Configuration: the TOML file's schema with its defaults, loading with errors that name the
+//! file, the field and what was expected, and the human units (`"50MiB"`, `"5m"`) it accepts.
+//!
+//! Every section rejects unknown fields, so a typo is an error at start instead of a setting
+//! silently ignored. `wasmtp check-config FILE` runs exactly this loading and validation.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::smtp::data::LineEndings;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub upstream: UpstreamConfig,
+    pub log: LogConfig,
+}
+
+/// `[server]`: where and how the proxy listens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Name used in the greeting, EHLO reply and `Received:` header; the system hostname when
+    /// unset.
+    pub hostname: Option<String>,
+    /// Concurrent client connections; further clients get `421 4.7.0` and are closed.
+    pub max_connections: usize,
+    /// Bare CR, bare LF and NUL in message data: `reject` (default) or `normalize`.
+    pub line_endings: LineEndings,
+    /// Directory for messages larger than `limits.memory_buffer`; the system temp directory
+    /// when unset. Spilled files are unlinked at creation, so nothing is left behind.
+    pub spool_dir: Option<PathBuf>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 2525)),
+            hostname: None,
+            max_connections: 1000,
+            line_endings: LineEndings::Reject,
+            spool_dir: None,
+        }
+    }
+}
+
+/// `[limits]`: the bounds of DESIGN §2.4.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest message accepted (advertised as SIZE, enforced after reading to the end).
+    pub max_message_size: ByteSize,
+    /// Recipients per transaction; more get `452 4.5.3`.
+    pub max_recipients: usize,
+    /// Errors (5xx replies to bad commands) before the session is closed with `421`.
+    pub max_errors: u32,
+    /// Longest message line, CRLF included. Longer lines are relayed intact up to this cap and
+    /// the message is refused after its end above it; lines are never split or truncated.
+    pub max_line_length: usize,
+    /// Messages up to this size are held in memory; larger ones spill to `server.spool_dir`.
+    pub memory_buffer: ByteSize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_size: ByteSize(50 << 20),
+            max_recipients: 100,
+            max_errors: 10,
+            max_line_length: 64 << 10,
+            memory_buffer: ByteSize(1 << 20),
+        }
+    }
+}
+
+/// `[timeouts]`: how long the proxy waits for its client.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Longest wait for the next command, or for more data within DATA.
+    #[serde(with = "duration")]
+    pub idle: Duration,
+    /// Slowest acceptable message transfer, in bytes per second, after the first `idle` period.
+    pub min_data_rate: ByteSize,
+    /// On SIGTERM, how long sessions may take to finish before they are closed with `421`.
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self { idle: Duration::from_secs(300), min_data_rate: ByteSize(1024), shutdown_grace: Duration::from_secs(30) }
+    }
+}
+
+/// `[upstream]`: where accepted mail goes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// `smtp://host:port` (lockstep relay) or `maildir:PATH` (embedded delivery). Unset means
+    /// `maildir:./mail-out`.
+    pub url: Option<UpstreamUrl>,
+    /// Name sent in our EHLO; defaults to `server.hostname`.
+    pub helo_name: Option<String>,
+    /// Connecting and reading the greeting.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Each reply to EHLO, MAIL, RCPT, DATA, RSET.
+    #[serde(with = "duration")]
+    pub command_timeout: Duration,
+    /// The reply after the final `.`: the end-of-data budget. Keep it well under the ten
+    /// minutes a client waits (RFC 5321 §4.5.3.2.6).
+    #[serde(with = "duration")]
+    pub data_timeout: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            helo_name: None,
+            connect_timeout: Duration::from_secs(15),
+            command_timeout: Duration::from_secs(60),
+            data_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `human` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `wasmtp=debug`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Human, level: "info".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Where mail goes after the proxy accepted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamUrl {
+    /// Lockstep relay to an SMTP server, `host:port`.
+    Smtp { host: String, port: u16 },
+    /// Embedded Maildir delivery.
+    Maildir(PathBuf),
+}
+
+impl UpstreamUrl {
+    /// The default when no upstream is configured.
+    pub fn default_maildir() -> Self {
+        Self::Maildir(PathBuf::from("./mail-out"))
+    }
+}
+
+impl std::str::FromStr for UpstreamUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("maildir:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err("maildir: needs a path, e.g. maildir:./mail-out".into());
+            }
+            return Ok(Self::Maildir(PathBuf::from(path)));
+        }
+        if let Some(rest) = s.strip_prefix("smtp://") {
+            let rest = rest.trim_end_matches('/');
+            let (host, port) = match rest.rsplit_once(':') {
+                Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
+                    let port = port.parse::<u16>().map_err(|_| format!("invalid port `{port}` in `{s}`"))?;
+                    (host, port)
+                }
+                _ => (rest, 25),
+            };
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host.is_empty() {
+                return Err(format!("missing host in `{s}`"));
+            }
+            return Ok(Self::Smtp { host: host.to_string(), port });
+        }
+        Err(format!("expected `smtp://host:port` or `maildir:PATH`, found `{s}`"))
+    }
+}
+
+impl fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Smtp { host, port } if host.contains(':') => write!(f, "smtp://[{host}]:{port}"),
+            Self::Smtp { host, port } => write!(f, "smtp://{host}:{port}"),
+            Self::Maildir(path) => write!(f, "maildir:{}", path.display()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for UpstreamUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A size in bytes, written as an integer or as a string with a unit: `"50MiB"`, `"10 MB"`,
+/// `"512KiB"`, `"1024"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (number, unit) = s.split_at(split);
+        let number: u64 = number.parse().map_err(|_| format!("expected a size such as \"10MiB\", found `{s}`"))?;
+        let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gib" => 1 << 30,
+            other => return Err(format!("unknown size unit `{other}` (use B, KB, KiB, MB, MiB, GB or GiB)")),
+        };
+        number.checked_mul(multiplier).map(ByteSize).ok_or_else(|| format!("size `{s}` is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d).map_err(|_| serde::de::Error::custom("expected a size: an integer or a string such as \"10MiB\""))? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Durations written as `"300s"`, `"5m"`, `"250ms"`, `"1h"` or an integer number of seconds.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (number, unit) = s.split_at(split);
+        let n: u64 = number.parse().map_err(|_| format!("expected a duration such as \"30s\", found `{s}`"))?;
+        let d = match unit.trim() {
+            "ms" => Duration::from_millis(n),
+            "" | "s" => Duration::from_secs(n),
+            "m" | "min" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            other => return Err(format!("unknown duration unit `{other}` (use ms, s, m or h)")),
+        };
+        Ok(d)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a duration: seconds or a string such as \"30s\""))?
+        {
+            Raw::Int(n) => Ok(Duration::from_secs(n)),
+            Raw::Str(s) => parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A configuration error with the file it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&text).map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })
+    }
+
+    /// Parses and validates configuration text; the error names the field.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let deserializer = toml::Deserializer::parse(text).map_err(|e| e.to_string())?;
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let message = inner.message().to_string();
+            match (path.as_str(), inner.span()) {
+                (".", _) => message,
+                (path, Some(span)) => format!("field `{path}` (line {}): {message}", line_of(text, span.start)),
+                (path, None) => format!("field `{path}`: {message}"),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let positive = |name: &str, ok: bool| if ok { Ok(()) } else { Err(format!("field `{name}`: must be greater than zero")) };
+        positive("server.max_connections", self.server.max_connections > 0)?;
+        positive("limits.max_message_size", self.limits.max_message_size.0 > 0)?;
+        positive("limits.max_recipients", self.limits.max_recipients > 0)?;
+        positive("limits.max_errors", self.limits.max_errors > 0)?;
+        positive("timeouts.idle", !self.timeouts.idle.is_zero())?;
+        positive("upstream.connect_timeout", !self.upstream.connect_timeout.is_zero())?;
+        positive("upstream.command_timeout", !self.upstream.command_timeout.is_zero())?;
+        positive("upstream.data_timeout", !self.upstream.data_timeout.is_zero())?;
+        if self.limits.max_line_length < 1000 {
+            return Err("field `limits.max_line_length`: must be at least 1000 (RFC 5321 §4.5.3.1.6)".into());
+        }
+        if let Some(name) = &self.server.hostname
+            && (name.is_empty() || name.contains(|c: char| c.is_whitespace() || c.is_control()))
+        {
+            return Err(format!("field `server.hostname`: `{name}` is not a host name"));
+        }
+        Ok(())
+    }
+
+    /// The upstream to use: the configured one or the embedded Maildir default.
+    pub fn upstream_url(&self) -> UpstreamUrl {
+        self.upstream.url.clone().unwrap_or_else(UpstreamUrl::default_maildir)
+    }
+
+    /// The host name the proxy announces.
+    pub fn hostname(&self) -> String {
+        self.server
+            .hostname
+            .clone()
+            .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.server.listen.port(), 2525);
+        assert_eq!(c.upstream_url(), UpstreamUrl::Maildir("./mail-out".into()));
+        assert_eq!(c.timeouts.idle, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn parses_units_and_urls() {
+        let c = Config::parse(
+            "[limits]\nmax_message_size = \"10MiB\"\n[timeouts]\nidle = \"5m\"\nshutdown_grace = 2\n\
+             [upstream]\nurl = \"smtp://127.0.0.1:2526\"\ndata_timeout = \"250ms\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_message_size, ByteSize(10 << 20));
+        assert_eq!(c.timeouts.idle, Duration::from_secs(300));
+        assert_eq!(c.timeouts.shutdown_grace, Duration::from_secs(2));
+        assert_eq!(c.upstream.data_timeout, Duration::from_millis(250));
+        assert_eq!(c.upstream_url(), UpstreamUrl::Smtp { host: "127.0.0.1".into(), port: 2526 });
+        assert_eq!("smtp://[::1]:25".parse::<UpstreamUrl>().unwrap(), UpstreamUrl::Smtp { host: "::1".into(), port: 25 });
+        assert_eq!("smtp://mx.example".parse::<UpstreamUrl>().unwrap(), UpstreamUrl::Smtp {
+            host: "mx.example".into(),
+            port: 25
+        });
+    }
+
+    #[test]
+    fn errors_name_the_field_and_what_was_expected() {
+        let e = Config::parse("[server]\nlisten = \"127.0.0.1:2525\"\nlisten_addr = 1\n").unwrap_err();
+        assert!(e.contains("listen_addr") && e.contains("expected one of"), "{e}");
+        let e = Config::parse("[limits]\nmax_message_size = \"ten\"\n").unwrap_err();
+        assert!(e.contains("limits.max_message_size") && e.contains("line 2"), "{e}");
+        let e = Config::parse("[upstream]\nurl = \"http://x\"\n").unwrap_err();
+        assert!(e.contains("upstream.url") && e.contains("smtp://host:port"), "{e}");
+        let e = Config::parse("[timeouts]\nidle = \"5 fortnights\"\n").unwrap_err();
+        assert!(e.contains("timeouts.idle") && e.contains("unknown duration unit"), "{e}");
+        let e = Config::parse("[limits]\nmax_recipients = 0\n").unwrap_err();
+        assert!(e.contains("limits.max_recipients"), "{e}");
+    }
+}

@@ -1,0 +1,235 @@
+//! A received message on its way upstream: its content held in memory up to a threshold and
+//! spilled to an unlinked temporary file above it, and the `Received:` trace header the proxy
+//! prepends (RFC 5321 §4.4).
+
+use std::io::SeekFrom;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::fs::File;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+/// Size of the chunks a message is read back in.
+pub const CHUNK: usize = 64 << 10;
+
+/// Message content, CRLF line endings, not dot-stuffed.
+#[derive(Debug)]
+pub struct MessageBuffer {
+    memory: Vec<u8>,
+    file: Option<File>,
+    len: u64,
+    memory_limit: usize,
+    spool_dir: PathBuf,
+    /// Read position in `memory` while reading back.
+    read_pos: usize,
+    /// Read buffer when the content is in a file.
+    scratch: Vec<u8>,
+}
+
+impl MessageBuffer {
+    pub fn new(memory_limit: usize, spool_dir: &Path) -> Self {
+        Self {
+            memory: Vec::new(),
+            file: None,
+            len: 0,
+            memory_limit,
+            spool_dir: spool_dir.to_path_buf(),
+            read_pos: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Content length in octets.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// True once the content has moved to a file.
+    pub fn is_spilled(&self) -> bool {
+        self.file.is_some()
+    }
+
+    pub async fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.len += bytes.len() as u64;
+        if self.file.is_none() && self.memory.len() + bytes.len() <= self.memory_limit {
+            self.memory.extend_from_slice(bytes);
+            return Ok(());
+        }
+        if self.file.is_none() {
+            let dir = self.spool_dir.clone();
+            let std_file = tokio::task::spawn_blocking(move || tempfile::tempfile_in(dir))
+                .await
+                .map_err(std::io::Error::other)??;
+            let mut file = File::from_std(std_file);
+            file.write_all(&std::mem::take(&mut self.memory)).await?;
+            self.file = Some(file);
+        }
+        let file = self.file.as_mut().expect("spilled above");
+        file.write_all(bytes).await
+    }
+
+    /// Starts reading the content from the beginning with [`MessageBuffer::next_chunk`].
+    pub async fn rewind(&mut self) -> std::io::Result<()> {
+        self.read_pos = 0;
+        if let Some(file) = &mut self.file {
+            file.flush().await?;
+            file.seek(SeekFrom::Start(0)).await?;
+        }
+        Ok(())
+    }
+
+    /// The next piece of content (at most [`CHUNK`] octets), or `None` at the end.
+    pub async fn next_chunk(&mut self) -> std::io::Result<Option<&[u8]>> {
+        match &mut self.file {
+            None => {
+                let start = self.read_pos.min(self.memory.len());
+                let end = (start + CHUNK).min(self.memory.len());
+                self.read_pos = end;
+                Ok((end > start).then(|| &self.memory[start..end]))
+            }
+            Some(file) => {
+                self.scratch.resize(CHUNK, 0);
+                let n = file.read(&mut self.scratch).await?;
+                Ok((n > 0).then(|| &self.scratch[..n]))
+            }
+        }
+    }
+}
+
+/// What the `Received:` header says about the hop.
+#[derive(Debug)]
+pub struct TraceInfo<'a> {
+    pub helo: &'a str,
+    pub client_ip: IpAddr,
+    pub hostname: &'a str,
+    /// `SMTP`, `ESMTP` or `UTF8SMTP` (RFC 3848, RFC 6531).
+    pub protocol: &'a str,
+    pub id: &'a str,
+    /// Named only when there is exactly one recipient, so a copy does not disclose the others.
+    pub single_recipient: Option<&'a str>,
+    pub time: SystemTime,
+}
+
+/// Renders the `Received:` header, folded, CRLF-terminated.
+pub fn received_header(t: &TraceInfo<'_>) -> String {
+    let ip = match t.client_ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("IPv6:{v6}"),
+    };
+    let mut h = format!(
+        "Received: from {} ([{ip}])\r\n\tby {} (wasmtp) with {} id {}",
+        header_safe(t.helo),
+        header_safe(t.hostname),
+        t.protocol,
+        t.id
+    );
+    if let Some(rcpt) = t.single_recipient {
+        h.push_str(&format!("\r\n\tfor <{}>", header_safe(rcpt)));
+    }
+    h.push_str(&format!(";\r\n\t{}\r\n", rfc5322_date(t.time)));
+    h
+}
+
+/// Keeps a client-supplied word from breaking the header: only visible ASCII (and UTF-8 letters)
+/// outside of comment delimiters, at most 255 characters.
+pub fn header_safe(s: &str) -> String {
+    s.chars()
+        .take(255)
+        .map(|c| if c.is_control() || c.is_whitespace() || matches!(c, '(' | ')' | ';' | '\\') { '?' } else { c })
+        .collect()
+}
+
+/// `Mon, 23 Nov 2026 16:11:04 +0000` (RFC 5322 §3.3), in UTC.
+pub fn rfc5322_date(time: SystemTime) -> String {
+    let secs = time.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days as i64);
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    format!(
+        "{}, {day} {} {year} {:02}:{:02}:{:02} +0000",
+        WEEKDAYS[(days % 7) as usize],
+        MONTHS[(month - 1) as usize],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), Howard Hinnant's algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn formats_dates() {
+        assert_eq!(rfc5322_date(UNIX_EPOCH), "Thu, 1 Jan 1970 00:00:00 +0000");
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_450_264);
+        assert_eq!(rfc5322_date(t), "Mon, 23 Nov 2026 16:11:04 +0000");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(rfc5322_date(leap), "Tue, 29 Feb 2000 00:00:00 +0000");
+    }
+
+    #[test]
+    fn received_header_is_folded_and_safe() {
+        let h = received_header(&TraceInfo {
+            helo: "evil (x)\r\nBcc: y",
+            client_ip: "192.0.2.1".parse().unwrap(),
+            hostname: "mx.example",
+            protocol: "ESMTP",
+            id: "ABC",
+            single_recipient: Some("a@b.example"),
+            time: UNIX_EPOCH,
+        });
+        assert_eq!(
+            h,
+            "Received: from evil??x???Bcc:?y ([192.0.2.1])\r\n\tby mx.example (wasmtp) with ESMTP id ABC\r\n\
+             \tfor <a@b.example>;\r\n\tThu, 1 Jan 1970 00:00:00 +0000\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn spills_to_disk_above_the_threshold_and_reads_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut buf = MessageBuffer::new(100, dir.path());
+        let mut expect = Vec::new();
+        for i in 0..50u8 {
+            let chunk = vec![i; 7];
+            buf.append(&chunk).await.unwrap();
+            expect.extend_from_slice(&chunk);
+        }
+        assert!(buf.is_spilled());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "spill file is unlinked");
+        for _ in 0..2 {
+            let mut got = Vec::new();
+            buf.rewind().await.unwrap();
+            while let Some(chunk) = buf.next_chunk().await.unwrap() {
+                got.extend_from_slice(chunk);
+            }
+            assert_eq!(got, expect);
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! The listener: accepts connections up to `server.max_connections`, runs one session task per
+//! connection, and shuts down gracefully (DESIGN §7): stop accepting, let sessions finish within
+//! `timeouts.shutdown_grace`, then close the rest with `421`.
+//!
+//! [`run`] takes a bound listener and a shutdown future, so tests bind port 0 and stop the server
+//! whenever they like (the mini-redis shape).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::session::{self, SessionContext};
+use crate::shutdown;
+use crate::upstream::UpstreamTarget;
+
+/// Listen backlog: a small backlog drops connections under load (../shared/bench/README.md).
+const BACKLOG: u32 = 1024;
+/// After the grace period, how long sessions get to write their 421 before they are dropped.
+const CLOSE_BOUND: Duration = Duration::from_secs(5);
+
+/// Binds the listening socket with a large backlog.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// Runs the proxy on `listener` until `shutdown` resolves, then drains.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let upstream = UpstreamTarget::from_config(&config)?;
+    let url = config.upstream_url();
+    if config.upstream.url.is_none() {
+        tracing::warn!(%url, "no upstream configured: delivering to the embedded Maildir");
+    }
+    match upstream.probe().await {
+        Ok(caps) => tracing::info!(%url, ?caps, "upstream ready"),
+        Err(err) => tracing::warn!(%url, error = %err, "upstream not reachable yet; sessions will retry"),
+    }
+    let (controller, signal) = shutdown::channel();
+    let grace = config.timeouts.shutdown_grace;
+    let limit = Arc::new(Semaphore::new(config.server.max_connections));
+    let ctx = Arc::new(SessionContext::new(config, upstream, signal));
+    tracing::info!(listen = %listener.local_addr()?, hostname = %ctx.hostname, "accepting connections");
+
+    let mut sessions = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => match limit.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let ctx = ctx.clone();
+                        sessions.spawn(async move {
+                            session::run(stream, peer, ctx).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        tracing::warn!(client = %peer, "too many connections");
+                        sessions.spawn(async move {
+                            let mut stream = stream;
+                            let _ = stream.write_all(b"421 4.7.0 Too many connections, try again later\r\n").await;
+                        });
+                    }
+                },
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::error!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(joined) = sessions.join_next(), if !sessions.is_empty() => log_panic(joined),
+        }
+    }
+
+    drop(listener);
+    controller.start_draining();
+    tracing::info!(sessions = sessions.len(), grace = ?grace, "shutting down: draining sessions");
+    if tokio::time::timeout(grace, join_all(&mut sessions)).await.is_err() {
+        tracing::warn!(sessions = sessions.len(), "grace period over: closing remaining sessions");
+        controller.expire();
+        if tokio::time::timeout(CLOSE_BOUND, join_all(&mut sessions)).await.is_err() {
+            sessions.abort_all();
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn join_all(sessions: &mut JoinSet<()>) {
+    while let Some(joined) = sessions.join_next().await {
+        log_panic(joined);
+    }
+}
+
+fn log_panic(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(err) = joined
+        && err.is_panic()
+    {
+        tracing::error!(error = %err, "session task panicked");
+    }
+}

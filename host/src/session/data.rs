@@ -1,0 +1,200 @@
+//! DATA: answer 354 ourselves, receive the whole message (bounded, spilled to disk when large),
+//! decide on what was received, and only then relay it upstream and pass the upstream's final
+//! reply back — so the client hears 250 only for a message the upstream took.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::time::Instant as TokioInstant;
+
+use super::io::{DATA_READ, ReadOutcome};
+use super::{Flow, Session, Transaction};
+use crate::message::{MessageBuffer, TraceInfo, received_header};
+use crate::smtp::Reply;
+use crate::smtp::data::{DataReceiver, Faults, LineEndings};
+
+/// How receiving the message ended.
+enum Received {
+    Complete { message: MessageBuffer, faults: Faults, spool_error: Option<std::io::Error>, size: u64 },
+    /// The client went away or stopped sending: there is nobody to answer.
+    ClientGone,
+    /// Idle or too slow: the client gets a 421.
+    TimedOut,
+    Shutdown,
+}
+
+impl Session {
+    pub(super) async fn data(&mut self) -> Flow {
+        let Some(txn) = &self.transaction else {
+            return self.error(Reply::enhanced(503, (5, 5, 1), "Need MAIL command"));
+        };
+        if txn.recipients.is_empty() {
+            self.reply(Reply::enhanced(554, (5, 5, 1), "No valid recipients"));
+            return Flow::Continue;
+        }
+        if txn.broken {
+            self.reply(Reply::enhanced(451, (4, 4, 2), "Upstream connection lost, try again later"));
+            return Flow::Continue;
+        }
+        let header = self.trace_header(txn);
+        self.reply(Reply::new(354, None, "End data with <CR><LF>.<CR><LF>"));
+        if self.io.flush().await.is_err() {
+            return Flow::Close;
+        }
+
+        let received = self.receive(header).await;
+        let txn = self.transaction.take().expect("checked above");
+        self.io.shrink_input();
+        match received {
+            Received::Complete { mut message, faults, spool_error, size } => {
+                // A client that sends bare CR, bare LF or NUL is not speaking SMTP: whatever it
+                // pipelined after this message is not trusted either, so the session ends after
+                // the refusal (as Postfix's smtpd_forbid_bare_newline does).
+                let hostile = faults.bad_line_endings() && self.ctx.config.server.line_endings == LineEndings::Reject;
+                let reply = match refusal(&faults, spool_error.as_ref(), &self.ctx.config) {
+                    Some(reply) => {
+                        self.upstream.rset().await;
+                        reply
+                    }
+                    None => match self.upstream.data(&mut message).await {
+                        Ok(reply) => reply,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "upstream failed at DATA");
+                            err.client_reply()
+                        }
+                    },
+                };
+                self.log_transaction(&txn, size, &reply);
+                self.reply(reply);
+                if hostile { Flow::Close } else { Flow::Continue }
+            }
+            Received::ClientGone => {
+                tracing::info!(sender = %txn.mail.sender, "client left during DATA; nothing relayed");
+                Flow::Close
+            }
+            Received::TimedOut => {
+                tracing::info!(sender = %txn.mail.sender, "client too slow during DATA; nothing relayed");
+                self.reply(Reply::enhanced(421, (4, 4, 2), format!("{} Timeout during DATA, closing connection", self.ctx.hostname)));
+                Flow::Close
+            }
+            Received::Shutdown => {
+                self.reply(Reply::enhanced(421, (4, 3, 2), format!("{} Service shutting down", self.ctx.hostname)));
+                Flow::Close
+            }
+        }
+    }
+
+    fn trace_header(&self, txn: &Transaction) -> String {
+        let helo = self.helo.as_ref().expect("MAIL needs HELO");
+        let protocol = match (helo.esmtp, txn.mail.smtputf8) {
+            (_, true) => "UTF8SMTP",
+            (true, false) => "ESMTP",
+            (false, false) => "SMTP",
+        };
+        let id = format!("{}.{}", self.id, self.transactions + 1);
+        let single = match txn.recipients.as_slice() {
+            [only] => Some(only.as_str()),
+            _ => None,
+        };
+        received_header(&TraceInfo {
+            helo: &helo.name,
+            client_ip: self.peer.ip(),
+            hostname: &self.ctx.hostname,
+            protocol,
+            id: &id,
+            single_recipient: single,
+            time: SystemTime::now(),
+        })
+    }
+
+    /// Reads the message up to its end of data. Whatever happens, input is consumed exactly to
+    /// the end of data, so the next command is read from the right place.
+    async fn receive(&mut self, header: String) -> Received {
+        let config = &self.ctx.config;
+        let limits = &config.limits;
+        let mut receiver =
+            DataReceiver::new(config.server.line_endings, limits.max_message_size.bytes(), limits.max_line_length);
+        let mut message = MessageBuffer::new(limits.memory_buffer.bytes() as usize, &self.ctx.spool_dir);
+        let mut spool_error = None;
+        if let Err(err) = message.append(header.as_bytes()).await {
+            spool_error = Some(err);
+        }
+        let idle = config.timeouts.idle;
+        let min_rate = config.timeouts.min_data_rate.bytes();
+        let started = TokioInstant::now();
+        let mut content = Vec::with_capacity(DATA_READ);
+        loop {
+            if !self.io.input.is_empty() {
+                let fed = receiver.feed(&self.io.input, &mut content);
+                let _ = self.io.input.split_to(fed.consumed);
+                if spool_error.is_none()
+                    && let Err(err) = message.append(&content).await
+                {
+                    tracing::error!(error = %err, spool = %self.ctx.spool_dir.display(), "cannot buffer message");
+                    spool_error = Some(err);
+                }
+                content.clear();
+                if fed.done {
+                    let size = receiver.size();
+                    return Received::Complete { message, faults: receiver.faults(), spool_error, size };
+                }
+            }
+            // Each read may take up to `idle`; the whole transfer may take `idle` plus the time
+            // the minimum rate allows for what arrived so far.
+            let allowance = if min_rate == 0 {
+                Duration::MAX
+            } else {
+                idle + Duration::from_secs_f64(receiver.size() as f64 / min_rate as f64)
+            };
+            let deadline = (TokioInstant::now() + idle).min(started.checked_add(allowance).unwrap_or(started + idle * 1000));
+            let shutdown = self.ctx.shutdown.clone();
+            tokio::select! {
+                outcome = tokio::time::timeout_at(deadline, self.io.read_more(DATA_READ)) => match outcome {
+                    Err(_) => return Received::TimedOut,
+                    Ok(ReadOutcome::Data) => {}
+                    Ok(ReadOutcome::Eof | ReadOutcome::Failed(_)) => return Received::ClientGone,
+                },
+                _ = shutdown.expired() => return Received::Shutdown,
+            }
+        }
+    }
+
+    fn log_transaction(&mut self, txn: &Transaction, size: u64, reply: &Reply) {
+        self.transactions += 1;
+        let outcome = match reply.code() {
+            200..=299 => "delivered",
+            400..=499 => "tempfailed",
+            _ => "rejected",
+        };
+        tracing::info!(
+            sender = %txn.mail.sender,
+            recipients = txn.recipients.len(),
+            size,
+            outcome,
+            upstream = %self.upstream.describe(),
+            reply = %reply,
+            duration_ms = Instant::now().duration_since(txn.started).as_millis() as u64,
+            "transaction"
+        );
+    }
+}
+
+/// The reply for a message that must not be relayed, if any.
+fn refusal(faults: &Faults, spool_error: Option<&std::io::Error>, config: &crate::config::Config) -> Option<Reply> {
+    if faults.too_big {
+        return Some(Reply::enhanced(552, (5, 3, 4), "Message size exceeds fixed limit"));
+    }
+    if faults.bad_line_endings() && config.server.line_endings == LineEndings::Reject {
+        return Some(Reply::enhanced(550, (5, 6, 0), "Message contains bare CR, bare LF or NUL; send lines ending in CRLF"));
+    }
+    if faults.long_line {
+        return Some(Reply::enhanced(
+            550,
+            (5, 6, 0),
+            format!("Message contains a line longer than {} octets", config.limits.max_line_length),
+        ));
+    }
+    if spool_error.is_some() {
+        return Some(Reply::enhanced(451, (4, 3, 0), "Cannot store the message right now, try again later"));
+    }
+    None
+}

@@ -1,0 +1,40 @@
+//! HELO and EHLO: the client introduces itself; EHLO gets the extensions both the proxy and
+//! the upstream support (DESIGN §3).
+
+use super::{Advertised, Flow, Helo, Session};
+use crate::smtp::Reply;
+
+impl Session {
+    pub(super) async fn helo(&mut self, name: String, esmtp: bool) -> Flow {
+        // A new HELO/EHLO resets any transaction (RFC 5321 §4.1.4).
+        self.reset_transaction().await;
+        self.upstream.set_helo(&name, esmtp);
+        let hostname = self.ctx.hostname.clone();
+        if !esmtp {
+            self.advertised = Advertised { size: self.ctx.config.limits.max_message_size.bytes(), eight_bit_mime: false, smtputf8: false };
+            self.reply(Reply::new(250, None, hostname));
+            self.helo = Some(Helo { name, esmtp });
+            return Flow::Continue;
+        }
+        let caps = self.upstream.capabilities().await;
+        let ours = self.ctx.config.limits.max_message_size.bytes();
+        self.advertised = Advertised {
+            size: caps.size.map_or(ours, |theirs| theirs.min(ours)),
+            eight_bit_mime: caps.eight_bit_mime,
+            smtputf8: caps.smtputf8,
+        };
+        let mut lines = vec![format!("{hostname} greets {}", crate::message::header_safe(&name))];
+        lines.push("PIPELINING".into());
+        lines.push(format!("SIZE {}", self.advertised.size));
+        if self.advertised.eight_bit_mime {
+            lines.push("8BITMIME".into());
+        }
+        if self.advertised.smtputf8 {
+            lines.push("SMTPUTF8".into());
+        }
+        lines.push("ENHANCEDSTATUSCODES".into());
+        self.reply(Reply::multiline(250, None, lines));
+        self.helo = Some(Helo { name, esmtp });
+        Flow::Continue
+    }
+}

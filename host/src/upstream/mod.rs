@@ -1,0 +1,236 @@
+//! Where accepted mail goes: the lockstep SMTP relay ([`smtp`]) or the embedded Maildir
+//! delivery ([`maildir`]). The session drives one [`Upstream`] per client connection through
+//! MAIL, RCPT, DATA and RSET and relays what it answers.
+//!
+//! Every failure here — unreachable, hanging, closing, refusing, disk full — is an
+//! [`UpstreamError`], which the session turns into a 4xx for its client, so no message is ever
+//! acknowledged that the upstream did not take (DESIGN §2.1).
+
+pub mod maildir;
+pub mod smtp;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::config::{Config, UpstreamUrl};
+use crate::message::MessageBuffer;
+use crate::smtp::command::{Body, MailFrom};
+use crate::smtp::{EnhancedCode, Mailbox, Reply};
+
+/// What the upstream can carry, learned from its EHLO reply; the session advertises only what
+/// both sides support.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Its SIZE limit; `None` when it advertised no limit (or `SIZE 0`).
+    pub size: Option<u64>,
+    /// It advertised SIZE at all (so the parameter may be passed on).
+    pub size_param: bool,
+    pub eight_bit_mime: bool,
+    pub smtputf8: bool,
+    pub pipelining: bool,
+}
+
+impl Capabilities {
+    /// What we assume before the upstream has ever answered: nothing end-to-end.
+    pub const UNKNOWN: Self = Self { size: None, size_param: false, eight_bit_mime: false, smtputf8: false, pipelining: false };
+    /// Embedded delivery stores anything.
+    pub const LOCAL: Self = Self { size: None, size_param: false, eight_bit_mime: true, smtputf8: true, pipelining: true };
+}
+
+/// The SMTP stage an upstream operation belongs to, for errors and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Connect,
+    Greeting,
+    Ehlo,
+    Mail,
+    Rcpt,
+    Data,
+    EndOfData,
+    Rset,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Connect => "connect",
+            Stage::Greeting => "greeting",
+            Stage::Ehlo => "EHLO",
+            Stage::Mail => "MAIL",
+            Stage::Rcpt => "RCPT",
+            Stage::Data => "DATA",
+            Stage::EndOfData => "end of data",
+            Stage::Rset => "RSET",
+        })
+    }
+}
+
+/// An upstream failure. Any of them ends the upstream connection.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to upstream {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("upstream did not answer in time at {0}")]
+    Timeout(Stage),
+    #[error("upstream closed the connection at {0}")]
+    Closed(Stage),
+    #[error("upstream I/O error at {stage}: {source}")]
+    Io { stage: Stage, source: std::io::Error },
+    #[error("upstream sent an invalid reply at {stage}: {detail}")]
+    Protocol { stage: Stage, detail: String },
+    #[error("upstream refused the session at {stage}: {reply}")]
+    Refused { stage: Stage, reply: Reply },
+    #[error("local delivery failed: {0}")]
+    Local(std::io::Error),
+}
+
+impl UpstreamError {
+    /// The reply the client gets. A refusal at greeting or EHLO is passed on with its class
+    /// (421, which would close the client's session, becomes 451); everything else is a
+    /// transient failure the client retries later.
+    pub fn client_reply(&self) -> Reply {
+        match self {
+            UpstreamError::Refused { reply, .. } if reply.code() == 421 => {
+                reply.clone().with_code(451, Some(EnhancedCode::new(4, 4, 0)))
+            }
+            UpstreamError::Refused { reply, .. } => reply.clone(),
+            UpstreamError::Connect { .. } => Reply::enhanced(451, (4, 4, 1), "Upstream server unavailable, try again later"),
+            UpstreamError::Timeout(_) => Reply::enhanced(451, (4, 4, 2), "Upstream server did not answer, try again later"),
+            UpstreamError::Closed(_) | UpstreamError::Io { .. } => {
+                Reply::enhanced(451, (4, 4, 2), "Upstream connection lost, try again later")
+            }
+            UpstreamError::Protocol { .. } => Reply::enhanced(451, (4, 5, 0), "Upstream protocol error, try again later"),
+            UpstreamError::Local(_) => Reply::enhanced(451, (4, 3, 0), "Local delivery failed, try again later"),
+        }
+    }
+}
+
+/// Facts about the client that an upstream may want (XFORWARD, trace headers).
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub helo: Option<String>,
+    pub esmtp: bool,
+}
+
+/// The target all sessions share: built once from the configuration.
+#[derive(Debug, Clone)]
+pub enum UpstreamTarget {
+    Smtp(Arc<smtp::SmtpTarget>),
+    Maildir(Arc<maildir::Maildir>),
+}
+
+impl UpstreamTarget {
+    /// Builds the target; a Maildir is created (with `tmp/`, `new/`, `cur/`) if missing.
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        Ok(match config.upstream_url() {
+            UpstreamUrl::Smtp { host, port } => Self::Smtp(Arc::new(smtp::SmtpTarget::new(host, port, config))),
+            UpstreamUrl::Maildir(path) => Self::Maildir(Arc::new(maildir::Maildir::create(path, config.hostname())?)),
+        })
+    }
+
+    /// A fresh per-session upstream. Nothing is connected until it is needed.
+    pub fn session(&self, client: ClientInfo) -> Upstream {
+        match self {
+            Self::Smtp(target) => Upstream::Smtp(smtp::SmtpRelay::new(target.clone(), client)),
+            Self::Maildir(maildir) => Upstream::Maildir(maildir::MaildirSession::new(maildir.clone())),
+        }
+    }
+
+    /// Learns the upstream's capabilities ahead of the first client (SMTP only); a failure is
+    /// returned for logging, and sessions then try again themselves.
+    pub async fn probe(&self) -> Result<Capabilities, UpstreamError> {
+        match self {
+            Self::Smtp(target) => target.probe().await,
+            Self::Maildir(_) => Ok(Capabilities::LOCAL),
+        }
+    }
+}
+
+/// One session's upstream.
+#[derive(Debug)]
+pub enum Upstream {
+    Smtp(smtp::SmtpRelay),
+    Maildir(maildir::MaildirSession),
+}
+
+/// A transaction's sender as it is relayed.
+#[derive(Debug, Clone)]
+pub struct Sender<'a> {
+    pub mailbox: &'a Mailbox,
+    pub size: Option<u64>,
+    pub body: Option<Body>,
+    pub smtputf8: bool,
+}
+
+impl<'a> From<&'a MailFrom> for Sender<'a> {
+    fn from(m: &'a MailFrom) -> Self {
+        Self { mailbox: &m.sender, size: m.size, body: m.body, smtputf8: m.smtputf8 }
+    }
+}
+
+impl Upstream {
+    /// The capabilities to intersect with ours for an EHLO reply. For SMTP this may connect
+    /// when nothing is known yet.
+    pub async fn capabilities(&mut self) -> Capabilities {
+        match self {
+            Self::Smtp(relay) => relay.capabilities().await,
+            Self::Maildir(_) => Capabilities::LOCAL,
+        }
+    }
+
+    /// Tells the upstream the client's HELO name (kept for XFORWARD).
+    pub fn set_helo(&mut self, helo: &str, esmtp: bool) {
+        if let Self::Smtp(relay) = self {
+            relay.set_helo(helo, esmtp);
+        }
+    }
+
+    pub async fn mail(&mut self, sender: &Sender<'_>) -> Result<Reply, UpstreamError> {
+        match self {
+            Self::Smtp(relay) => relay.mail(sender).await,
+            Self::Maildir(session) => Ok(session.mail(sender)),
+        }
+    }
+
+    pub async fn rcpt(&mut self, recipient: &Mailbox) -> Result<Reply, UpstreamError> {
+        match self {
+            Self::Smtp(relay) => relay.rcpt(recipient).await,
+            Self::Maildir(session) => Ok(session.rcpt(recipient)),
+        }
+    }
+
+    /// Sends the message and returns the upstream's final reply. Only a 2xx here means the
+    /// message was taken.
+    pub async fn data(&mut self, message: &mut MessageBuffer) -> Result<Reply, UpstreamError> {
+        match self {
+            Self::Smtp(relay) => relay.data(message).await,
+            Self::Maildir(session) => session.deliver(message).await,
+        }
+    }
+
+    /// Abandons the current transaction, if any. Failures drop the upstream connection.
+    pub async fn rset(&mut self) {
+        match self {
+            Self::Smtp(relay) => relay.rset().await,
+            Self::Maildir(session) => session.rset(),
+        }
+    }
+
+    /// Ends the upstream session politely.
+    pub async fn quit(&mut self) {
+        if let Self::Smtp(relay) = self {
+            relay.quit().await;
+        }
+    }
+
+    /// The upstream's name for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Smtp(relay) => relay.describe(),
+            Self::Maildir(session) => session.describe(),
+        }
+    }
+}

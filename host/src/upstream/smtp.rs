@@ -1,0 +1,485 @@
+//! The lockstep SMTP client: one upstream connection per client session, opened at the first
+//! MAIL (or earlier, when the upstream's capabilities are not known yet), driven command by
+//! command so the upstream's own replies reach the client.
+//!
+//! Writes to the upstream are coalesced: the message goes out in chunks of at least 64 KiB with
+//! the final `.` in the same write as the end of the body, and TCP_NODELAY is set, so no
+//! message waits for a delayed ACK (../shared/bench/README.md).
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::timeout;
+
+use super::{Capabilities, ClientInfo, Sender, Stage, UpstreamError};
+use crate::config::Config;
+use crate::message::{CHUNK, MessageBuffer};
+use crate::smtp::command::Body;
+use crate::smtp::data::DotStuffer;
+use crate::smtp::{EnhancedCode, Mailbox, Reply};
+
+/// Longest reply line accepted from the upstream.
+const MAX_LINE: usize = 4096;
+/// Most lines in one upstream reply.
+const MAX_LINES: usize = 100;
+/// How long a QUIT may take before the connection is simply dropped.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The configured upstream server, shared by all sessions, with the capabilities it announced
+/// most recently.
+#[derive(Debug)]
+pub struct SmtpTarget {
+    host: String,
+    port: u16,
+    helo_name: String,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+    data_timeout: Duration,
+    known: RwLock<Option<Capabilities>>,
+}
+
+impl SmtpTarget {
+    pub fn new(host: String, port: u16, config: &Config) -> Self {
+        let up = &config.upstream;
+        Self {
+            host,
+            port,
+            helo_name: up.helo_name.clone().unwrap_or_else(|| config.hostname()),
+            connect_timeout: up.connect_timeout,
+            command_timeout: up.command_timeout,
+            data_timeout: up.data_timeout,
+            known: RwLock::new(None),
+        }
+    }
+
+    fn addr(&self) -> String {
+        if self.host.contains(':') { format!("[{}]:{}", self.host, self.port) } else { format!("{}:{}", self.host, self.port) }
+    }
+
+    /// The capabilities from the most recent EHLO, if any upstream session got that far.
+    pub fn known_capabilities(&self) -> Option<Capabilities> {
+        *self.known.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Connects, reads the greeting and says EHLO (HELO if EHLO is refused).
+    async fn connect(&self) -> Result<Connection, UpstreamError> {
+        let addr = self.addr();
+        let stream = match timeout(self.connect_timeout, TcpStream::connect((self.host.as_str(), self.port))).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
+            Err(_) => return Err(UpstreamError::Timeout(Stage::Connect)),
+        };
+        stream.set_nodelay(true).map_err(|source| UpstreamError::Io { stage: Stage::Connect, source })?;
+        let (read, write) = stream.into_split();
+        let mut conn = Connection {
+            reader: BufReader::with_capacity(16 << 10, read),
+            writer: write,
+            caps: Capabilities::UNKNOWN,
+            xforward: false,
+        };
+        let greeting = conn.read_reply(Stage::Greeting, self.connect_timeout).await?;
+        if !greeting.is_positive() {
+            return Err(UpstreamError::Refused { stage: Stage::Greeting, reply: greeting });
+        }
+        let ehlo = conn.command(&format!("EHLO {}", self.helo_name), Stage::Ehlo, self.command_timeout).await?;
+        if ehlo.is_positive() {
+            (conn.caps, conn.xforward) = parse_ehlo(&ehlo);
+        } else {
+            let helo = conn.command(&format!("HELO {}", self.helo_name), Stage::Ehlo, self.command_timeout).await?;
+            if !helo.is_positive() {
+                return Err(UpstreamError::Refused { stage: Stage::Ehlo, reply: helo });
+            }
+        }
+        *self.known.write().unwrap_or_else(|e| e.into_inner()) = Some(conn.caps);
+        Ok(conn)
+    }
+
+    /// Connects once to learn the capabilities, then says QUIT.
+    pub async fn probe(&self) -> Result<Capabilities, UpstreamError> {
+        let mut conn = self.connect().await?;
+        let caps = conn.caps;
+        conn.quit().await;
+        Ok(caps)
+    }
+}
+
+/// Reads the EHLO keywords this relay cares about.
+fn parse_ehlo(reply: &Reply) -> (Capabilities, bool) {
+    let mut caps = Capabilities::UNKNOWN;
+    let mut xforward = false;
+    for line in reply.lines().iter().skip(1) {
+        let mut words = line.split_ascii_whitespace();
+        let keyword = words.next().unwrap_or("").to_ascii_uppercase();
+        match keyword.as_str() {
+            "SIZE" => {
+                caps.size_param = true;
+                caps.size = words.next().and_then(|n| n.parse::<u64>().ok()).filter(|&n| n > 0);
+            }
+            "8BITMIME" => caps.eight_bit_mime = true,
+            "SMTPUTF8" => caps.smtputf8 = true,
+            "PIPELINING" => caps.pipelining = true,
+            "XFORWARD" => xforward = true,
+            _ => {}
+        }
+    }
+    (caps, xforward)
+}
+
+/// The enhanced code for an upstream reply that carried none.
+fn default_enhanced(stage: Stage) -> impl Fn(u8) -> EnhancedCode {
+    move |class| match (class, stage) {
+        (2, Stage::Mail) => EnhancedCode::new(2, 1, 0),
+        (2, Stage::Rcpt) => EnhancedCode::new(2, 1, 5),
+        (2, Stage::EndOfData) => EnhancedCode::new(2, 6, 0),
+        (class, _) => EnhancedCode::new(class, 0, 0),
+    }
+}
+
+/// One open upstream connection.
+#[derive(Debug)]
+struct Connection {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    caps: Capabilities,
+    xforward: bool,
+}
+
+impl Connection {
+    async fn write(&mut self, bytes: &[u8], stage: Stage, limit: Duration) -> Result<(), UpstreamError> {
+        match timeout(limit, self.writer.write_all(bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(UpstreamError::Io { stage, source }),
+            Err(_) => Err(UpstreamError::Timeout(stage)),
+        }
+    }
+
+    async fn command(&mut self, line: &str, stage: Stage, limit: Duration) -> Result<Reply, UpstreamError> {
+        debug_assert!(!line.contains(['\r', '\n', '\0']));
+        let mut wire = Vec::with_capacity(line.len() + 2);
+        wire.extend_from_slice(line.as_bytes());
+        wire.extend_from_slice(b"\r\n");
+        self.write(&wire, stage, limit).await?;
+        self.read_reply(stage, limit).await
+    }
+
+    /// Reads one (possibly multiline) reply within `limit`.
+    async fn read_reply(&mut self, stage: Stage, limit: Duration) -> Result<Reply, UpstreamError> {
+        match timeout(limit, self.read_reply_inner(stage)).await {
+            Ok(result) => result,
+            Err(_) => Err(UpstreamError::Timeout(stage)),
+        }
+    }
+
+    async fn read_reply_inner(&mut self, stage: Stage) -> Result<Reply, UpstreamError> {
+        let protocol = |detail: &str| UpstreamError::Protocol { stage, detail: detail.to_string() };
+        let mut code = None;
+        let mut texts = Vec::new();
+        loop {
+            let line = self.read_line(stage).await?;
+            let line = String::from_utf8_lossy(&line);
+            let bytes = line.as_bytes();
+            if bytes.len() < 3 || !bytes[..3].iter().all(u8::is_ascii_digit) {
+                return Err(protocol("line does not start with a reply code"));
+            }
+            let this_code: u16 = line[..3].parse().map_err(|_| protocol("bad reply code"))?;
+            if !(200..=599).contains(&this_code) && this_code != 354 {
+                return Err(protocol("reply code out of range"));
+            }
+            if *code.get_or_insert(this_code) != this_code {
+                return Err(protocol("reply lines carry different codes"));
+            }
+            let (last, text) = match bytes.get(3) {
+                None => (true, ""),
+                Some(b' ') => (true, &line[4..]),
+                Some(b'-') => (false, &line[4..]),
+                Some(_) => return Err(protocol("bad separator after reply code")),
+            };
+            texts.push(text.to_string());
+            if last {
+                break;
+            }
+            if texts.len() >= MAX_LINES {
+                return Err(protocol("reply has too many lines"));
+            }
+        }
+        let code = code.expect("at least one line was read");
+        if code == 354 {
+            return Ok(Reply::multiline(354, None, texts));
+        }
+        Ok(Reply::parse_upstream(code, &texts, default_enhanced(stage)))
+    }
+
+    /// One line without its line ending; a lone LF is accepted as a line end from the upstream.
+    async fn read_line(&mut self, stage: Stage) -> Result<Vec<u8>, UpstreamError> {
+        let mut line = Vec::new();
+        loop {
+            let buf = self.reader.fill_buf().await.map_err(|source| UpstreamError::Io { stage, source })?;
+            if buf.is_empty() {
+                return Err(UpstreamError::Closed(stage));
+            }
+            let (take, done) = match memchr::memchr(b'\n', buf) {
+                Some(i) => (i + 1, true),
+                None => (buf.len(), false),
+            };
+            if line.len() + take > MAX_LINE {
+                return Err(UpstreamError::Protocol { stage, detail: "reply line too long".into() });
+            }
+            line.extend_from_slice(&buf[..take]);
+            self.reader.consume(take);
+            if done {
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Ok(line);
+            }
+        }
+    }
+
+    async fn quit(&mut self) {
+        let _ = timeout(QUIT_TIMEOUT, async {
+            if self.writer.write_all(b"QUIT\r\n").await.is_ok() {
+                let _ = self.read_reply_inner(Stage::Rset).await;
+            }
+            let _ = self.writer.shutdown().await;
+        })
+        .await;
+    }
+}
+
+/// Sends XFORWARD (when offered) and MAIL FROM with the parameters the upstream understands.
+async fn mail_on(conn: &mut Connection, sender: &Sender<'_>, client: &ClientInfo, limit: Duration) -> Result<Reply, UpstreamError> {
+    if conn.xforward {
+        let helo = client.helo.as_deref().unwrap_or("[UNAVAILABLE]");
+        let line = format!(
+            "XFORWARD ADDR={} PORT={} HELO={} PROTO={}",
+            xtext(&client.ip.to_string()),
+            client.port,
+            xtext(helo),
+            if client.esmtp { "ESMTP" } else { "SMTP" }
+        );
+        let reply = conn.command(&line, Stage::Mail, limit).await?;
+        if !reply.is_positive() {
+            tracing::warn!(%reply, "upstream refused XFORWARD");
+        }
+    }
+    let mut line = format!("MAIL FROM:<{}>", sender.mailbox.as_str());
+    if let Some(size) = sender.size
+        && conn.caps.size_param
+    {
+        line.push_str(&format!(" SIZE={size}"));
+    }
+    if let Some(body) = sender.body
+        && conn.caps.eight_bit_mime
+    {
+        line.push_str(match body {
+            Body::SevenBit => " BODY=7BIT",
+            Body::EightBitMime => " BODY=8BITMIME",
+        });
+    }
+    if sender.smtputf8 && conn.caps.smtputf8 {
+        line.push_str(" SMTPUTF8");
+    }
+    conn.command(&line, Stage::Mail, limit).await
+}
+
+/// `xtext` (RFC 3461 §4) for XFORWARD attribute values.
+fn xtext(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (33..=126).contains(&b) && b != b'+' && b != b'=' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
+}
+
+/// One session's relay state.
+#[derive(Debug)]
+pub struct SmtpRelay {
+    target: Arc<SmtpTarget>,
+    conn: Option<Connection>,
+    client: ClientInfo,
+    in_transaction: bool,
+}
+
+impl SmtpRelay {
+    pub fn new(target: Arc<SmtpTarget>, client: ClientInfo) -> Self {
+        Self { target, conn: None, client, in_transaction: false }
+    }
+
+    pub fn describe(&self) -> String {
+        format!("smtp://{}", self.target.addr())
+    }
+
+    pub fn set_helo(&mut self, helo: &str, esmtp: bool) {
+        self.client.helo = Some(helo.to_string());
+        self.client.esmtp = esmtp;
+    }
+
+    pub async fn capabilities(&mut self) -> Capabilities {
+        if let Some(conn) = &self.conn {
+            return conn.caps;
+        }
+        if let Some(caps) = self.target.known_capabilities() {
+            return caps;
+        }
+        match self.connection().await {
+            Ok(conn) => conn.caps,
+            Err(err) => {
+                tracing::warn!(upstream = %self.describe(), error = %err, "upstream capabilities unknown");
+                Capabilities::UNKNOWN
+            }
+        }
+    }
+
+    async fn connection(&mut self) -> Result<&mut Connection, UpstreamError> {
+        if self.conn.is_none() {
+            self.conn = Some(self.target.connect().await?);
+        }
+        Ok(self.conn.as_mut().expect("connected above"))
+    }
+
+    /// Forgets the connection after a failure: the upstream transaction is gone with it.
+    fn fail<T>(&mut self, err: UpstreamError) -> Result<T, UpstreamError> {
+        self.conn = None;
+        self.in_transaction = false;
+        Err(err)
+    }
+
+    pub async fn mail(&mut self, sender: &Sender<'_>) -> Result<Reply, UpstreamError> {
+        let timeout = self.target.command_timeout;
+        let client = self.client.clone();
+        let result = match self.connection().await {
+            Ok(conn) => mail_on(conn, sender, &client, timeout).await,
+            Err(err) => Err(err),
+        };
+        match result {
+            Ok(reply) => {
+                self.in_transaction = reply.is_positive();
+                Ok(reply)
+            }
+            Err(err) => self.fail(err),
+        }
+    }
+
+    pub async fn rcpt(&mut self, recipient: &Mailbox) -> Result<Reply, UpstreamError> {
+        let Some(conn) = self.conn.as_mut().filter(|_| self.in_transaction) else {
+            return Err(UpstreamError::Closed(Stage::Rcpt));
+        };
+        let line = format!("RCPT TO:<{}>", recipient.as_str());
+        match conn.command(&line, Stage::Rcpt, self.target.command_timeout).await {
+            Ok(reply) => Ok(reply),
+            Err(err) => self.fail(err),
+        }
+    }
+
+    pub async fn data(&mut self, message: &mut MessageBuffer) -> Result<Reply, UpstreamError> {
+        let Some(conn) = self.conn.as_mut().filter(|_| self.in_transaction) else {
+            return Err(UpstreamError::Closed(Stage::Data));
+        };
+        let (command_timeout, data_timeout) = (self.target.command_timeout, self.target.data_timeout);
+        let go_ahead = match conn.command("DATA", Stage::Data, command_timeout).await {
+            Ok(reply) => reply,
+            Err(err) => return self.fail(err),
+        };
+        if go_ahead.code() != 354 {
+            // A refused DATA leaves the MAIL/RCPT state upstream: reset it.
+            self.rset().await;
+            let reply = if go_ahead.is_positive() {
+                Reply::enhanced(451, (4, 5, 0), "Upstream protocol error, try again later")
+            } else {
+                go_ahead
+            };
+            return Ok(reply);
+        }
+        let result = match send_message(conn, message, data_timeout).await {
+            Ok(()) => conn.read_reply(Stage::EndOfData, data_timeout).await,
+            Err(err) => Err(err),
+        };
+        self.in_transaction = false;
+        match result {
+            Ok(reply) => Ok(reply),
+            Err(err) => self.fail(err),
+        }
+    }
+
+    pub async fn rset(&mut self) {
+        if !std::mem::take(&mut self.in_transaction) {
+            return;
+        }
+        let Some(conn) = self.conn.as_mut() else { return };
+        match conn.command("RSET", Stage::Rset, self.target.command_timeout).await {
+            Ok(reply) if reply.is_positive() => {}
+            Ok(reply) => {
+                tracing::warn!(%reply, "upstream refused RSET; dropping the connection");
+                self.conn = None;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "upstream RSET failed; dropping the connection");
+                self.conn = None;
+            }
+        }
+    }
+
+    pub async fn quit(&mut self) {
+        self.in_transaction = false;
+        if let Some(mut conn) = self.conn.take() {
+            conn.quit().await;
+        }
+    }
+}
+
+/// Streams the dot-stuffed message, coalesced into large writes, final dot included in the last.
+async fn send_message(conn: &mut Connection, message: &mut MessageBuffer, limit: Duration) -> Result<(), UpstreamError> {
+    let io_error = |source| UpstreamError::Io { stage: Stage::Data, source };
+    let mut stuffer = DotStuffer::new();
+    let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
+    message.rewind().await.map_err(io_error)?;
+    while let Some(chunk) = message.next_chunk().await.map_err(io_error)? {
+        stuffer.stuff(chunk, &mut out);
+        if out.len() >= CHUNK {
+            conn.write(&out, Stage::Data, limit).await?;
+            out.clear();
+        }
+    }
+    stuffer.finish(&mut out);
+    conn.write(&out, Stage::Data, limit).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_ehlo_keywords() {
+        let reply = Reply::multiline(
+            250,
+            None,
+            ["mx.example", "PIPELINING", "SIZE 10240000", "8BITMIME", "SMTPUTF8", "XFORWARD NAME ADDR"]
+                .map(String::from)
+                .to_vec(),
+        );
+        let (caps, xforward) = parse_ehlo(&reply);
+        assert_eq!(caps, Capabilities {
+            size: Some(10_240_000),
+            size_param: true,
+            eight_bit_mime: true,
+            smtputf8: true,
+            pipelining: true
+        });
+        assert!(xforward);
+        let (caps, _) = parse_ehlo(&Reply::multiline(250, None, vec!["x".into(), "SIZE 0".into()]));
+        assert_eq!((caps.size, caps.size_param), (None, true));
+    }
+
+    #[test]
+    fn xtext_escapes() {
+        assert_eq!(xtext("a+b=c d"), "a+2Bb+3Dc+20d");
+    }
+}
