@@ -58,7 +58,11 @@ pub fn main() -> anyhow::Result<()> {
             let config = Config::load(&file)?;
             println!("{}: ok", file.display());
             println!("  listen:   {}", config.server.listen);
-            println!("  upstream: {}{}", config.upstream_url(), if config.upstream.url.is_none() { " (default)" } else { "" });
+            println!(
+                "  upstream: {}{}",
+                config.upstream_url(),
+                if config.upstream.url.is_none() { " (default)" } else { "" }
+            );
             println!("  hostname: {}", config.hostname());
             Ok(())
         }
@@ -67,7 +71,8 @@ pub fn main() -> anyhow::Result<()> {
 
 fn init_logging(config: &Config) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match config.log.format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -263,7 +263,9 @@ impl<'de> Deserialize<'de> for ByteSize {
             Int(u64),
             Str(String),
         }
-        match Raw::deserialize(d).map_err(|_| serde::de::Error::custom("expected a size: an integer or a string such as \"10MiB\""))? {
+        match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a size: an integer or a string such as \"10MiB\""))?
+        {
             Raw::Int(n) => Ok(ByteSize(n)),
             Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
         }
@@ -342,7 +344,8 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        let positive = |name: &str, ok: bool| if ok { Ok(()) } else { Err(format!("field `{name}`: must be greater than zero")) };
+        let positive =
+            |name: &str, ok: bool| if ok { Ok(()) } else { Err(format!("field `{name}`: must be greater than zero")) };
         positive("server.max_connections", self.server.max_connections > 0)?;
         positive("limits.max_message_size", self.limits.max_message_size.0 > 0)?;
         positive("limits.max_recipients", self.limits.max_recipients > 0)?;
@@ -369,10 +372,7 @@ impl Config {
 
     /// The host name the proxy announces.
     pub fn hostname(&self) -> String {
-        self.server
-            .hostname
-            .clone()
-            .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
+        self.server.hostname.clone().unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
     }
 }
 
@@ -404,11 +404,14 @@ mod tests {
         assert_eq!(c.timeouts.shutdown_grace, Duration::from_secs(2));
         assert_eq!(c.upstream.data_timeout, Duration::from_millis(250));
         assert_eq!(c.upstream_url(), UpstreamUrl::Smtp { host: "127.0.0.1".into(), port: 2526 });
-        assert_eq!("smtp://[::1]:25".parse::<UpstreamUrl>().unwrap(), UpstreamUrl::Smtp { host: "::1".into(), port: 25 });
-        assert_eq!("smtp://mx.example".parse::<UpstreamUrl>().unwrap(), UpstreamUrl::Smtp {
-            host: "mx.example".into(),
-            port: 25
-        });
+        assert_eq!(
+            "smtp://[::1]:25".parse::<UpstreamUrl>().unwrap(),
+            UpstreamUrl::Smtp { host: "::1".into(), port: 25 }
+        );
+        assert_eq!(
+            "smtp://mx.example".parse::<UpstreamUrl>().unwrap(),
+            UpstreamUrl::Smtp { host: "mx.example".into(), port: 25 }
+        );
     }
 
     #[test]

@@ -1,1 +1,12 @@
+//! The integration suite: the proxy in front of a recording upstream, Postfix's smtp-sink and
+//! the embedded Maildir, driven by raw sockets, swaks and Python's smtplib. Everything listens
+//! on 127.0.0.1 and every wait is bounded.
 
+mod support;
+
+mod clients;
+mod happy_path;
+mod lifecycle;
+mod limits;
+mod smuggling;
+mod upstream_faults;

@@ -14,7 +14,12 @@ use crate::smtp::data::{DataReceiver, Faults, LineEndings};
 
 /// How receiving the message ended.
 enum Received {
-    Complete { message: MessageBuffer, faults: Faults, spool_error: Option<std::io::Error>, size: u64 },
+    Complete {
+        message: Box<MessageBuffer>,
+        faults: Faults,
+        spool_error: Option<std::io::Error>,
+        size: u64,
+    },
     /// The client went away or stopped sending: there is nobody to answer.
     ClientGone,
     /// Idle or too slow: the client gets a 421.
@@ -65,7 +70,15 @@ impl Session {
                 };
                 self.log_transaction(&txn, size, &reply);
                 self.reply(reply);
-                if hostile { Flow::Close } else { Flow::Continue }
+                if hostile {
+                    return Flow::Close;
+                }
+                if faults.bad_line_endings() && !self.io.input.is_empty() {
+                    // Normalised, the message went on; commands pipelined behind sloppy line
+                    // endings are exactly what smuggling looks like, so they are not executed.
+                    return self.synchronization_error(&crate::smtp::Command::Data);
+                }
+                Flow::Continue
             }
             Received::ClientGone => {
                 tracing::info!(sender = %txn.mail.sender, "client left during DATA; nothing relayed");
@@ -73,7 +86,11 @@ impl Session {
             }
             Received::TimedOut => {
                 tracing::info!(sender = %txn.mail.sender, "client too slow during DATA; nothing relayed");
-                self.reply(Reply::enhanced(421, (4, 4, 2), format!("{} Timeout during DATA, closing connection", self.ctx.hostname)));
+                self.reply(Reply::enhanced(
+                    421,
+                    (4, 4, 2),
+                    format!("{} Timeout during DATA, closing connection", self.ctx.hostname),
+                ));
                 Flow::Close
             }
             Received::Shutdown => {
@@ -135,7 +152,12 @@ impl Session {
                 content.clear();
                 if fed.done {
                     let size = receiver.size();
-                    return Received::Complete { message, faults: receiver.faults(), spool_error, size };
+                    return Received::Complete {
+                        message: Box::new(message),
+                        faults: receiver.faults(),
+                        spool_error,
+                        size,
+                    };
                 }
             }
             // Each read may take up to `idle`; the whole transfer may take `idle` plus the time
@@ -145,7 +167,8 @@ impl Session {
             } else {
                 idle + Duration::from_secs_f64(receiver.size() as f64 / min_rate as f64)
             };
-            let deadline = (TokioInstant::now() + idle).min(started.checked_add(allowance).unwrap_or(started + idle * 1000));
+            let deadline =
+                (TokioInstant::now() + idle).min(started.checked_add(allowance).unwrap_or(started + idle * 1000));
             let shutdown = self.ctx.shutdown.clone();
             tokio::select! {
                 outcome = tokio::time::timeout_at(deadline, self.io.read_more(DATA_READ)) => match outcome {
@@ -184,7 +207,11 @@ fn refusal(faults: &Faults, spool_error: Option<&std::io::Error>, config: &crate
         return Some(Reply::enhanced(552, (5, 3, 4), "Message size exceeds fixed limit"));
     }
     if faults.bad_line_endings() && config.server.line_endings == LineEndings::Reject {
-        return Some(Reply::enhanced(550, (5, 6, 0), "Message contains bare CR, bare LF or NUL; send lines ending in CRLF"));
+        return Some(Reply::enhanced(
+            550,
+            (5, 6, 0),
+            "Message contains bare CR, bare LF or NUL; send lines ending in CRLF",
+        ));
     }
     if faults.long_line {
         return Some(Reply::enhanced(

@@ -45,7 +45,8 @@ impl Session {
             }
         };
         if reply.is_positive() {
-            self.transaction = Some(Transaction { mail, recipients: Vec::new(), started: Instant::now(), broken: false });
+            self.transaction =
+                Some(Transaction { mail, recipients: Vec::new(), started: Instant::now(), broken: false });
         } else {
             tracing::info!(sender = %mail.sender, %reply, "sender refused");
         }

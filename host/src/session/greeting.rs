@@ -11,7 +11,11 @@ impl Session {
         self.upstream.set_helo(&name, esmtp);
         let hostname = self.ctx.hostname.clone();
         if !esmtp {
-            self.advertised = Advertised { size: self.ctx.config.limits.max_message_size.bytes(), eight_bit_mime: false, smtputf8: false };
+            self.advertised = Advertised {
+                size: self.ctx.config.limits.max_message_size.bytes(),
+                eight_bit_mime: false,
+                smtputf8: false,
+            };
             self.reply(Reply::new(250, None, hostname));
             self.helo = Some(Helo { name, esmtp });
             return Flow::Continue;

@@ -22,10 +22,14 @@ impl Session {
     }
 
     pub(super) fn help(&mut self) -> Flow {
-        self.reply(Reply::multiline(214, Some(crate::smtp::EnhancedCode::new(2, 0, 0)), vec![
-            "wasmtp: a filtering SMTP proxy".into(),
-            "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY".into(),
-        ]));
+        self.reply(Reply::multiline(
+            214,
+            Some(crate::smtp::EnhancedCode::new(2, 0, 0)),
+            vec![
+                "wasmtp: a filtering SMTP proxy".into(),
+                "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY".into(),
+            ],
+        ));
         Flow::Continue
     }
 

@@ -163,7 +163,11 @@ impl Session {
             }
             Input::Eof => Flow::Close,
             Input::IdleTimeout => {
-                self.reply(Reply::enhanced(421, (4, 4, 2), format!("{} Idle timeout, closing connection", self.ctx.hostname)));
+                self.reply(Reply::enhanced(
+                    421,
+                    (4, 4, 2),
+                    format!("{} Idle timeout, closing connection", self.ctx.hostname),
+                ));
                 Flow::Close
             }
             Input::Shutdown => {
@@ -219,7 +223,11 @@ impl Session {
         self.errors += 1;
         if self.errors >= self.ctx.config.limits.max_errors {
             tracing::info!(errors = self.errors, "too many errors");
-            self.reply(Reply::enhanced(421, (4, 7, 0), format!("{} Too many errors, closing connection", self.ctx.hostname)));
+            self.reply(Reply::enhanced(
+                421,
+                (4, 7, 0),
+                format!("{} Too many errors, closing connection", self.ctx.hostname),
+            ));
             return Flow::Close;
         }
         Flow::Continue

@@ -122,11 +122,7 @@ fn validate_mailbox(s: &str, utf8: bool) -> Result<(), AddressError> {
     } else {
         validate_dot_string(local)?;
     }
-    if domain.starts_with('[') {
-        validate_address_literal(domain)
-    } else {
-        validate_domain(domain, utf8)
-    }
+    if domain.starts_with('[') { validate_address_literal(domain) } else { validate_domain(domain, utf8) }
 }
 
 fn is_atext(c: char) -> bool {
@@ -141,10 +137,7 @@ fn validate_dot_string(s: &str) -> Result<(), AddressError> {
 }
 
 fn validate_quoted_string(s: &str) -> Result<(), AddressError> {
-    let inner = s
-        .strip_prefix('"')
-        .and_then(|s| s.strip_suffix('"'))
-        .ok_or(AddressError::Syntax)?;
+    let inner = s.strip_prefix('"').and_then(|s| s.strip_suffix('"')).ok_or(AddressError::Syntax)?;
     let mut chars = inner.chars();
     while let Some(c) = chars.next() {
         match c {
@@ -181,10 +174,7 @@ fn validate_domain(s: &str, utf8: bool) -> Result<(), AddressError> {
 }
 
 fn validate_address_literal(s: &str) -> Result<(), AddressError> {
-    let inner = s
-        .strip_prefix('[')
-        .and_then(|s| s.strip_suffix(']'))
-        .ok_or(AddressError::Syntax)?;
+    let inner = s.strip_prefix('[').and_then(|s| s.strip_suffix(']')).ok_or(AddressError::Syntax)?;
     let valid = if let Some(v6) = inner.strip_prefix("IPv6:") {
         v6.parse::<std::net::Ipv6Addr>().is_ok()
     } else {

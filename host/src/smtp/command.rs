@@ -95,8 +95,8 @@ fn syntax(text: &str) -> Reply {
 /// Parses one command line (without its CRLF). `line_len` limits were applied by the reader for
 /// the longest case; the shorter limit for commands other than MAIL/RCPT is applied here.
 pub fn parse(line: &[u8]) -> Result<Command, Reply> {
-    let line = std::str::from_utf8(line)
-        .map_err(|_| Reply::enhanced(500, (5, 5, 2), "Command contains invalid UTF-8"))?;
+    let line =
+        std::str::from_utf8(line).map_err(|_| Reply::enhanced(500, (5, 5, 2), "Command contains invalid UTF-8"))?;
     let (verb, args) = match line.split_once(' ') {
         Some((verb, args)) => (verb, args),
         None => (line, ""),
@@ -277,7 +277,8 @@ mod tests {
         assert_eq!(parse(noop_512.as_bytes()), Ok(Command::Noop));
         let noop_513 = format!("NOOP {}", "x".repeat(513 - 2 - 5));
         assert_eq!(code(&noop_513), 500);
-        let mail = format!("MAIL FROM:<a@b.example> {}", (0..100).map(|i| format!("X{i}=v")).collect::<Vec<_>>().join(" "));
+        let mail =
+            format!("MAIL FROM:<a@b.example> {}", (0..100).map(|i| format!("X{i}=v")).collect::<Vec<_>>().join(" "));
         assert!(mail.len() > 512);
         assert!(matches!(parse(mail.as_bytes()), Ok(Command::Mail(_))));
     }

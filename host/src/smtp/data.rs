@@ -306,9 +306,21 @@ mod tests {
     #[test]
     fn every_smuggling_vector_is_content_never_an_end() {
         let vectors: &[&[u8]] = &[
-            b"\n.\n", b"\n.\r\n", b"\r.\r", b"\r.\r\n", b"\r\n.\n", b"\r\n.\r", b"\n.\r", b"\r.\n",
-            b"\r\n\0.\r\n", b"\r\n.\0\r\n", b"\r\n.\r\r\n", b"\r\r\n.\r\r\n", b"\0\r\n.\r\n",
-            b"\r\0\n.\r\n", b"\r\n.\r\0\n",
+            b"\n.\n",
+            b"\n.\r\n",
+            b"\r.\r",
+            b"\r.\r\n",
+            b"\r\n.\n",
+            b"\r\n.\r",
+            b"\n.\r",
+            b"\r.\n",
+            b"\r\n\0.\r\n",
+            b"\r\n.\0\r\n",
+            b"\r\n.\r\r\n",
+            b"\r\r\n.\r\r\n",
+            b"\0\r\n.\r\n",
+            b"\r\0\n.\r\n",
+            b"\r\n.\r\0\n",
         ];
         for policy in [LineEndings::Reject, LineEndings::Normalize] {
             for v in vectors {

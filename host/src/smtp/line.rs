@@ -87,10 +87,10 @@ mod tests {
 
     #[test]
     fn frames_lines_only_on_crlf() {
-        assert_eq!(lines(&[b"NOOP\r\nQUIT\r\n"], 512), vec![
-            Line::Complete(b"NOOP".to_vec()),
-            Line::Complete(b"QUIT".to_vec())
-        ]);
+        assert_eq!(
+            lines(&[b"NOOP\r\nQUIT\r\n"], 512),
+            vec![Line::Complete(b"NOOP".to_vec()), Line::Complete(b"QUIT".to_vec())]
+        );
         assert_eq!(lines(&[b"NO", b"OP\r", b"\n"], 512), vec![Line::Complete(b"NOOP".to_vec())]);
         assert_eq!(lines(&[b"NOOP\nMAIL FROM:<a@b>\r\n"], 512), vec![Line::Invalid]);
         assert_eq!(lines(&[b"NOOP\rX\r\n"], 512), vec![Line::Invalid]);
@@ -100,15 +100,9 @@ mod tests {
     #[test]
     fn drops_overlong_lines_with_bounded_memory() {
         let long = vec![b'a'; 100_000];
-        assert_eq!(lines(&[&long, &long, b"\r\nNOOP\r\n"], 512), vec![
-            Line::TooLong,
-            Line::Complete(b"NOOP".to_vec())
-        ]);
+        assert_eq!(lines(&[&long, &long, b"\r\nNOOP\r\n"], 512), vec![Line::TooLong, Line::Complete(b"NOOP".to_vec())]);
         // The CRLF split across the discard boundary still ends the line.
-        assert_eq!(lines(&[&long, b"\r", b"\nNOOP\r\n"], 512), vec![
-            Line::TooLong,
-            Line::Complete(b"NOOP".to_vec())
-        ]);
+        assert_eq!(lines(&[&long, b"\r", b"\nNOOP\r\n"], 512), vec![Line::TooLong, Line::Complete(b"NOOP".to_vec())]);
         let exact = [vec![b'a'; 510], b"\r\n".to_vec()].concat();
         assert_eq!(lines(&[&exact], 512), vec![Line::Complete(vec![b'a'; 510])]);
         let over = [vec![b'a'; 511], b"\r\n".to_vec()].concat();

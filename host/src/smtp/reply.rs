@@ -258,10 +258,10 @@ mod tests {
     #[test]
     fn validation_rejects_what_a_client_must_never_see() {
         assert!(Reply::enhanced(250, (2, 0, 0), "ok").validate().is_ok());
-        assert_eq!(Reply::enhanced(250, (5, 0, 0), "x").validate(), Err(InvalidReply::EnhancedClass {
-            code: 250,
-            enhanced: EnhancedCode::new(5, 0, 0)
-        }));
+        assert_eq!(
+            Reply::enhanced(250, (5, 0, 0), "x").validate(),
+            Err(InvalidReply::EnhancedClass { code: 250, enhanced: EnhancedCode::new(5, 0, 0) })
+        );
         assert_eq!(Reply::new(250, None, "a\r\nb").validate(), Err(InvalidReply::ControlCharacter(0)));
         assert_eq!(Reply::new(199, None, "x").validate(), Err(InvalidReply::Code(199)));
         assert_eq!(Reply::new(250, None, "x".repeat(507)).validate(), Err(InvalidReply::TooLong(0)));

@@ -33,9 +33,11 @@ pub struct Capabilities {
 
 impl Capabilities {
     /// What we assume before the upstream has ever answered: nothing end-to-end.
-    pub const UNKNOWN: Self = Self { size: None, size_param: false, eight_bit_mime: false, smtputf8: false, pipelining: false };
+    pub const UNKNOWN: Self =
+        Self { size: None, size_param: false, eight_bit_mime: false, smtputf8: false, pipelining: false };
     /// Embedded delivery stores anything.
-    pub const LOCAL: Self = Self { size: None, size_param: false, eight_bit_mime: true, smtputf8: true, pipelining: true };
+    pub const LOCAL: Self =
+        Self { size: None, size_param: false, eight_bit_mime: true, smtputf8: true, pipelining: true };
 }
 
 /// The SMTP stage an upstream operation belongs to, for errors and logs.
@@ -95,12 +97,18 @@ impl UpstreamError {
                 reply.clone().with_code(451, Some(EnhancedCode::new(4, 4, 0)))
             }
             UpstreamError::Refused { reply, .. } => reply.clone(),
-            UpstreamError::Connect { .. } => Reply::enhanced(451, (4, 4, 1), "Upstream server unavailable, try again later"),
-            UpstreamError::Timeout(_) => Reply::enhanced(451, (4, 4, 2), "Upstream server did not answer, try again later"),
+            UpstreamError::Connect { .. } => {
+                Reply::enhanced(451, (4, 4, 1), "Upstream server unavailable, try again later")
+            }
+            UpstreamError::Timeout(_) => {
+                Reply::enhanced(451, (4, 4, 2), "Upstream server did not answer, try again later")
+            }
             UpstreamError::Closed(_) | UpstreamError::Io { .. } => {
                 Reply::enhanced(451, (4, 4, 2), "Upstream connection lost, try again later")
             }
-            UpstreamError::Protocol { .. } => Reply::enhanced(451, (4, 5, 0), "Upstream protocol error, try again later"),
+            UpstreamError::Protocol { .. } => {
+                Reply::enhanced(451, (4, 5, 0), "Upstream protocol error, try again later")
+            }
             UpstreamError::Local(_) => Reply::enhanced(451, (4, 3, 0), "Local delivery failed, try again later"),
         }
     }

@@ -56,7 +56,11 @@ impl SmtpTarget {
     }
 
     fn addr(&self) -> String {
-        if self.host.contains(':') { format!("[{}]:{}", self.host, self.port) } else { format!("{}:{}", self.host, self.port) }
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 
     /// The capabilities from the most recent EHLO, if any upstream session got that far.
@@ -251,7 +255,12 @@ impl Connection {
 }
 
 /// Sends XFORWARD (when offered) and MAIL FROM with the parameters the upstream understands.
-async fn mail_on(conn: &mut Connection, sender: &Sender<'_>, client: &ClientInfo, limit: Duration) -> Result<Reply, UpstreamError> {
+async fn mail_on(
+    conn: &mut Connection,
+    sender: &Sender<'_>,
+    client: &ClientInfo,
+    limit: Duration,
+) -> Result<Reply, UpstreamError> {
     if conn.xforward {
         let helo = client.helo.as_deref().unwrap_or("[UNAVAILABLE]");
         let line = format!(
@@ -345,6 +354,19 @@ impl SmtpRelay {
         Ok(self.conn.as_mut().expect("connected above"))
     }
 
+    /// A 421 means the upstream is closing its side: forget the connection and pass the reply
+    /// on as 451, since the client's own session with us goes on.
+    fn closing(&mut self, reply: Reply) -> Reply {
+        if reply.code() != 421 {
+            return reply;
+        }
+        tracing::warn!(%reply, "upstream is closing the connection");
+        self.conn = None;
+        self.in_transaction = false;
+        let enhanced = reply.enhanced_code().unwrap_or(EnhancedCode::new(4, 0, 0));
+        reply.with_code(451, Some(enhanced))
+    }
+
     /// Forgets the connection after a failure: the upstream transaction is gone with it.
     fn fail<T>(&mut self, err: UpstreamError) -> Result<T, UpstreamError> {
         self.conn = None;
@@ -362,7 +384,7 @@ impl SmtpRelay {
         match result {
             Ok(reply) => {
                 self.in_transaction = reply.is_positive();
-                Ok(reply)
+                Ok(self.closing(reply))
             }
             Err(err) => self.fail(err),
         }
@@ -374,7 +396,7 @@ impl SmtpRelay {
         };
         let line = format!("RCPT TO:<{}>", recipient.as_str());
         match conn.command(&line, Stage::Rcpt, self.target.command_timeout).await {
-            Ok(reply) => Ok(reply),
+            Ok(reply) => Ok(self.closing(reply)),
             Err(err) => self.fail(err),
         }
     }
@@ -389,6 +411,7 @@ impl SmtpRelay {
             Err(err) => return self.fail(err),
         };
         if go_ahead.code() != 354 {
+            let go_ahead = self.closing(go_ahead);
             // A refused DATA leaves the MAIL/RCPT state upstream: reset it.
             self.rset().await;
             let reply = if go_ahead.is_positive() {
@@ -404,7 +427,7 @@ impl SmtpRelay {
         };
         self.in_transaction = false;
         match result {
-            Ok(reply) => Ok(reply),
+            Ok(reply) => Ok(self.closing(reply)),
             Err(err) => self.fail(err),
         }
     }
@@ -436,7 +459,11 @@ impl SmtpRelay {
 }
 
 /// Streams the dot-stuffed message, coalesced into large writes, final dot included in the last.
-async fn send_message(conn: &mut Connection, message: &mut MessageBuffer, limit: Duration) -> Result<(), UpstreamError> {
+async fn send_message(
+    conn: &mut Connection,
+    message: &mut MessageBuffer,
+    limit: Duration,
+) -> Result<(), UpstreamError> {
     let io_error = |source| UpstreamError::Io { stage: Stage::Data, source };
     let mut stuffer = DotStuffer::new();
     let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
@@ -466,13 +493,16 @@ mod tests {
                 .to_vec(),
         );
         let (caps, xforward) = parse_ehlo(&reply);
-        assert_eq!(caps, Capabilities {
-            size: Some(10_240_000),
-            size_param: true,
-            eight_bit_mime: true,
-            smtputf8: true,
-            pipelining: true
-        });
+        assert_eq!(
+            caps,
+            Capabilities {
+                size: Some(10_240_000),
+                size_param: true,
+                eight_bit_mime: true,
+                smtputf8: true,
+                pipelining: true
+            }
+        );
         assert!(xforward);
         let (caps, _) = parse_ehlo(&Reply::multiline(250, None, vec!["x".into(), "SIZE 0".into()]));
         assert_eq!((caps.size, caps.size_param), (None, true));

@@ -1,0 +1,209 @@
+//! Timeouts, graceful shutdown, crashes and the command line, observed from outside.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::support::*;
+
+#[tokio::test(start_paused = true)]
+async fn idle_client_gets_421_after_the_default_five_minutes() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = TestProxy::start("", &format!("maildir:{}", dir.path().display())).await;
+    let mut c = proxy.client().await;
+    c.greet().await;
+    let started = tokio::time::Instant::now();
+    let r = c.reply_within(Duration::from_secs(3600)).await.expect("421 before closing");
+    assert_eq!(r.code, 421, "{r:?}");
+    assert!(r.text().contains("4.4.2"), "{r:?}");
+    assert_eq!(started.elapsed().as_secs(), 300);
+    c.closed().await;
+    proxy.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_stalling_in_data_gets_421_and_nothing_is_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = TestProxy::start("", &format!("maildir:{}", dir.path().display())).await;
+    let mut c = proxy.client().await;
+    c.greet().await;
+    c.cmd("MAIL FROM:<a@example.org>", 250).await;
+    c.cmd("RCPT TO:<b@example.net>", 250).await;
+    c.cmd("DATA", 354).await;
+    c.send("Subject: stalled\r\n\r\nhalf").await;
+    let r = c.reply_within(Duration::from_secs(3600)).await.expect("421");
+    assert_eq!(r.code, 421, "{r:?}");
+    c.closed().await;
+    proxy.stop().await;
+    assert_eq!(std::fs::read_dir(dir.path().join("new")).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_transactions_finish_and_closes_idle_sessions() {
+    let up = Recorder::start(Script::default()).await;
+    let mut proxy = TestProxy::start("[timeouts]\nshutdown_grace = \"20s\"\n", &up.url()).await;
+    let mut idle = proxy.client().await;
+    idle.greet().await;
+    let mut busy = proxy.client().await;
+    busy.greet().await;
+    busy.cmd("MAIL FROM:<a@example.org>", 250).await;
+
+    proxy.begin_shutdown();
+    let r = idle.expect(421).await;
+    assert!(r.text().contains("4.3.2"), "{r:?}");
+    idle.closed().await;
+    // The transaction in flight completes...
+    busy.cmd("RCPT TO:<b@example.net>", 250).await;
+    busy.cmd("DATA", 354).await;
+    busy.send(stuff(b"Subject: last one\r\n\r\nbody\r\n")).await;
+    busy.expect(250).await;
+    // ...and then the session is closed.
+    busy.expect(421).await;
+    busy.closed().await;
+    proxy.join().await;
+    assert_eq!(up.messages().len(), 1);
+    assert!(tokio::net::TcpStream::connect(proxy.addr).await.is_err(), "listener closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_grace_expiry_closes_stuck_transactions_with_421() {
+    let up = Recorder::start(Script::default()).await;
+    let mut proxy = TestProxy::start("[timeouts]\nshutdown_grace = \"200ms\"\n", &up.url()).await;
+    let mut stuck = proxy.client().await;
+    stuck.greet().await;
+    stuck.cmd("MAIL FROM:<a@example.org>", 250).await;
+    stuck.cmd("RCPT TO:<b@example.net>", 250).await;
+    stuck.cmd("DATA", 354).await;
+    stuck.send("Subject: never finished\r\n\r\n").await;
+    proxy.begin_shutdown();
+    let r = stuck.expect(421).await;
+    assert!(r.text().contains("4.3.2"), "{r:?}");
+    stuck.closed().await;
+    proxy.join().await;
+    up.all_closed().await;
+    assert!(up.messages().is_empty());
+}
+
+/// The real binary, started with `args`, ready once it logs that it accepts connections.
+struct Binary {
+    child: Child,
+    port: u16,
+}
+
+impl Binary {
+    async fn start(args: &[&str], dir: &std::path::Path) -> Self {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmtp"))
+            .arg("serve")
+            .args(["--listen", &listen])
+            .args(args)
+            .current_dir(dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("wasmtp binary runs");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let ready = async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if line.contains("accepting connections") {
+                    return;
+                }
+            }
+            panic!("wasmtp exited before accepting connections");
+        };
+        tokio::time::timeout(WAIT, ready).await.expect("wasmtp starts");
+        // Keep draining its log so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { child, port }
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect(([127, 0, 0, 1], self.port).into()).await
+    }
+
+    fn signal(&self, signal: i32) {
+        let pid = self.child.id().expect("running") as i32;
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_data_leaves_no_message_upstream() {
+    let up = Recorder::start(Script::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut bin = Binary::start(&["--upstream", &up.url()], dir.path()).await;
+    let mut c = bin.client().await;
+    c.greet().await;
+    c.cmd("MAIL FROM:<a@example.org>", 250).await;
+    c.cmd("RCPT TO:<b@example.net>", 250).await;
+    c.cmd("DATA", 354).await;
+    c.send("Subject: interrupted\r\n\r\nthe first half of a message").await;
+    bin.signal(libc::SIGKILL);
+    tokio::time::timeout(WAIT, bin.child.wait()).await.unwrap().unwrap();
+    up.all_closed().await;
+    assert!(up.messages().is_empty());
+    assert!(!up.commands().iter().any(|l| l == "DATA"), "{:?}", up.commands());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bin = Binary::start(&["--upstream", "maildir:out"], dir.path()).await;
+    let mut idle = bin.client().await;
+    idle.greet().await;
+    let mut busy = bin.client().await;
+    busy.greet().await;
+    busy.cmd("MAIL FROM:<a@example.org>", 250).await;
+    busy.cmd("RCPT TO:<b@example.net>", 250).await;
+    bin.signal(libc::SIGTERM);
+    idle.expect(421).await;
+    busy.cmd("DATA", 354).await;
+    busy.send(stuff(b"Subject: during shutdown\r\n\r\nbody\r\n")).await;
+    busy.expect(250).await;
+    busy.expect(421).await;
+    let status = tokio::time::timeout(WAIT, bin.child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(std::fs::read_dir(dir.path().join("out/new")).unwrap().count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_upstream_mail_goes_to_the_default_maildir() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = Binary::start(&[], dir.path()).await;
+    let mut c = bin.client().await;
+    c.greet().await;
+    let reply = c.send_mail("a@example.org", &["b@example.net"], &stuff(b"Subject: default\r\n\r\nhello\r\n")).await;
+    assert_eq!(reply.code, 250);
+    c.cmd("QUIT", 221).await;
+    let delivered: Vec<_> = std::fs::read_dir(dir.path().join("mail-out/new")).unwrap().collect();
+    assert_eq!(delivered.len(), 1);
+}
+
+#[tokio::test]
+async fn check_config_names_the_file_and_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[server]\nlisten = \"127.0.0.1:2525\"\n[upstream]\nurl = \"smtp://127.0.0.1:25\"\n")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wasmtp")).arg("check-config").arg(&good).output().await.unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("smtp://127.0.0.1:25"));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[limits]\nmax_recipients = \"many\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wasmtp")).arg("check-config").arg(&bad).output().await.unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml") && err.contains("limits.max_recipients") && err.contains("line 2"), "{err}");
+
+    for example in ["quickstart.toml", "in-front-of-postfix.toml"] {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/").to_string() + example;
+        let out = Command::new(env!("CARGO_BIN_EXE_wasmtp")).arg("check-config").arg(&path).output().await.unwrap();
+        assert!(out.status.success(), "{example}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}

@@ -1,0 +1,129 @@
+//! A raw-socket SMTP client for the tests: sends exact bytes and reads replies with a bound.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::WAIT;
+
+/// One reply as the client saw it.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub code: u16,
+    /// Every line, CRLF removed.
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        self.lines.join("\n")
+    }
+}
+
+pub struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let stream =
+            tokio::time::timeout(WAIT, TcpStream::connect(addr)).await.expect("connect in time").expect("connect");
+        Self { stream, buf: Vec::new() }
+    }
+
+    pub async fn send(&mut self, bytes: impl AsRef<[u8]>) {
+        self.stream.write_all(bytes.as_ref()).await.expect("send");
+    }
+
+    /// Reads one complete reply; panics if none arrives within the bound or the line is malformed.
+    pub async fn reply(&mut self) -> Reply {
+        self.try_reply().await.expect("connection closed while waiting for a reply")
+    }
+
+    /// Reads one reply, or `None` if the server closed the connection first.
+    pub async fn try_reply(&mut self) -> Option<Reply> {
+        self.reply_within(WAIT).await
+    }
+
+    /// Like [`Client::try_reply`] with another bound (for tests on paused time).
+    pub async fn reply_within(&mut self, bound: std::time::Duration) -> Option<Reply> {
+        tokio::time::timeout(bound, self.read_reply()).await.expect("reply within the bound")
+    }
+
+    async fn read_reply(&mut self) -> Option<Reply> {
+        let mut lines = Vec::new();
+        loop {
+            let line = self.read_line().await?;
+            assert!(line.len() + 2 <= 512, "reply line longer than 512 octets: {line}");
+            assert!(line.len() >= 3 && line.as_bytes()[..3].iter().all(u8::is_ascii_digit), "bad reply line {line:?}");
+            let code: u16 = line[..3].parse().unwrap();
+            let last = line.as_bytes().get(3) != Some(&b'-');
+            lines.push(line);
+            if last {
+                let codes: Vec<_> = lines.iter().map(|l| &l[..3]).collect();
+                assert!(codes.iter().all(|c| *c == codes[0]), "mixed codes in {lines:?}");
+                return Some(Reply { code, lines });
+            }
+        }
+    }
+
+    async fn read_line(&mut self) -> Option<String> {
+        loop {
+            if let Some(pos) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line: Vec<u8> = self.buf.drain(..pos + 2).collect();
+                let line = String::from_utf8(line[..pos].to_vec()).expect("reply is UTF-8");
+                assert!(!line.contains(['\r', '\n']), "bare CR/LF in reply {line:?}");
+                return Some(line);
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Reads a reply and checks its code.
+    pub async fn expect(&mut self, code: u16) -> Reply {
+        let reply = self.reply().await;
+        assert_eq!(reply.code, code, "expected {code}, got {reply:?}");
+        reply
+    }
+
+    /// Sends one command line and checks the reply code.
+    pub async fn cmd(&mut self, line: &str, code: u16) -> Reply {
+        self.send(format!("{line}\r\n")).await;
+        self.expect(code).await
+    }
+
+    /// Reads the greeting and says EHLO.
+    pub async fn greet(&mut self) -> Reply {
+        self.expect(220).await;
+        self.cmd("EHLO client.example", 250).await
+    }
+
+    /// Runs a whole transaction with an already stuffed body and returns the final reply.
+    pub async fn send_mail(&mut self, from: &str, to: &[&str], wire_body: &[u8]) -> Reply {
+        self.cmd(&format!("MAIL FROM:<{from}>"), 250).await;
+        for rcpt in to {
+            self.cmd(&format!("RCPT TO:<{rcpt}>"), 250).await;
+        }
+        self.cmd("DATA", 354).await;
+        self.send(wire_body).await;
+        self.reply().await
+    }
+
+    /// Waits until the server closes the connection; returns whatever else arrived.
+    pub async fn closed(&mut self) -> Vec<u8> {
+        let mut rest = std::mem::take(&mut self.buf);
+        let mut chunk = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(WAIT, self.stream.read(&mut chunk)).await.expect("server closes in time") {
+                Ok(0) | Err(_) => return rest,
+                Ok(n) => rest.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Test harness: the proxy in-process on 127.0.0.1:0, a raw-socket SMTP client, a recording
+//! upstream with fault injection, and Postfix's smtp-sink as a real upstream.
+
+pub mod client;
+pub mod recorder;
+pub mod sink;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use client::Client;
+pub use recorder::{Fault, Recorder, Script};
+pub use sink::SmtpSink;
+
+/// Every wait in the tests is bounded by this.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The proxy running inside the test's runtime.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestProxy {
+    /// Starts the proxy with `toml` as its configuration file and `upstream` as its upstream URL.
+    pub async fn start(toml: &str, upstream: &str) -> Self {
+        let mut config = wasmtp::Config::parse(toml).expect("test config is valid");
+        config.upstream.url = Some(upstream.parse().expect("upstream url"));
+        config.server.hostname = Some("proxy.test".into());
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(wasmtp::server::run(listener, config, async {
+            let _ = stopped.await;
+        }));
+        Self { addr, stop: Some(stop), task }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(self.addr).await
+    }
+
+    /// Asks the server to shut down (as SIGTERM does) without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Shuts down and waits until the server has stopped.
+    pub async fn stop(mut self) {
+        self.begin_shutdown();
+        tokio::time::timeout(WAIT, &mut self.task).await.expect("server stops").unwrap().unwrap();
+    }
+
+    pub async fn join(&mut self) {
+        tokio::time::timeout(WAIT, &mut self.task).await.expect("server stops").unwrap().unwrap();
+    }
+}
+
+/// A free loopback port for programs that cannot take port 0.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Undoes dot-stuffing of a wire message that ends in `CRLF.CRLF` (written independently of the
+/// proxy's own receiver).
+pub fn unstuff(wire: &[u8]) -> Vec<u8> {
+    let body = wire.strip_suffix(b".\r\n").expect("wire message ends with .CRLF");
+    let mut out = Vec::with_capacity(body.len());
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        out.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+    }
+    out
+}
+
+/// Removes the first header if it is a `Received:` header added by the proxy, returning the rest.
+pub fn strip_our_received(message: &[u8]) -> &[u8] {
+    assert!(message.starts_with(b"Received: from "), "message starts with our Received header");
+    let mut i = 0;
+    loop {
+        let nl = i + message[i..].iter().position(|&b| b == b'\n').expect("header line end");
+        i = nl + 1;
+        if !matches!(message.get(i), Some(b' ' | b'\t')) {
+            return &message[i..];
+        }
+    }
+}
+
+/// A deterministic message of about `size` bytes with lines of varying length, some starting
+/// with dots, CRLF line endings.
+pub fn sample_message(size: usize) -> Vec<u8> {
+    let mut m = b"From: sender@example.org\r\nTo: rcpt@example.net\r\nSubject: sample\r\n\r\n".to_vec();
+    let mut i = 0usize;
+    while m.len() < size {
+        let len = (i * 37) % 200;
+        if i.is_multiple_of(7) {
+            m.push(b'.');
+        }
+        m.extend((0..len).map(|j| b"abcdefghijklmnopqrstuvwxyz0123456789 "[(i + j) % 37]));
+        m.extend_from_slice(b"\r\n");
+        i += 1;
+    }
+    m
+}
+
+/// Dot-stuffs a CRLF message for sending by hand and appends the terminator.
+pub fn stuff(content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + 64);
+    for line in content.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line);
+    }
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}

@@ -1,0 +1,188 @@
+//! Upstream faults at every stage — 4xx, 5xx, hanging, closing — reach the client as the
+//! matching 4xx/5xx and never as a false 250; client aborts never complete a message upstream.
+
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// Short upstream budgets so hangs are detected quickly (tested values, not sleeps).
+const FAST: &str = "[timeouts]\nidle = \"30s\"\n[upstream]\nconnect_timeout = \"300ms\"\n\
+                    command_timeout = \"300ms\"\ndata_timeout = \"500ms\"\n";
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum At {
+    Greeting,
+    Mail,
+    Rcpt,
+    Data,
+    EndOfData,
+}
+
+/// What the client should see: a reply class.
+fn expected_class(fault: &Fault) -> u16 {
+    match fault {
+        Fault::Reply(line) if line.starts_with('5') => 5,
+        _ => 4,
+    }
+}
+
+/// Runs one transaction against an upstream with `fault` at `at`; returns the client's replies
+/// to MAIL, RCPT and (if it got that far) the final reply.
+async fn run_case(at: At, fault: Fault) {
+    let mut script = Script::default();
+    let slot = match at {
+        At::Greeting => &mut script.greeting,
+        At::Mail => &mut script.mail,
+        At::Rcpt => &mut script.rcpt,
+        At::Data => &mut script.data,
+        At::EndOfData => &mut script.end_of_data,
+    };
+    *slot = Some(fault.clone());
+    let up = Recorder::start(script).await;
+    let proxy = TestProxy::start(FAST, &up.url()).await;
+    let mut c = proxy.client().await;
+    c.greet().await;
+    let class = expected_class(&fault);
+    let case = format!("{at:?} {fault:?}");
+
+    c.send("MAIL FROM:<a@example.org>\r\n").await;
+    let mail = c.reply().await;
+    if matches!(at, At::Greeting | At::Mail) {
+        assert_eq!(mail.code / 100, class, "{case}: MAIL got {mail:?}");
+        if fault_is_421(&fault) {
+            assert_eq!(mail.code, 451, "{case}: a 421 upstream must not close the client's session");
+        }
+        c.cmd("QUIT", 221).await;
+        finish(&up, proxy, &case).await;
+        return;
+    }
+    assert_eq!(mail.code, 250, "{case}");
+    c.send("RCPT TO:<b@example.net>\r\n").await;
+    let rcpt = c.reply().await;
+    if at == At::Rcpt {
+        assert_eq!(rcpt.code / 100, class, "{case}: RCPT got {rcpt:?}");
+        // No recipient: DATA is refused, never a 250 for a message.
+        c.cmd("DATA", 554).await;
+        c.cmd("QUIT", 221).await;
+        finish(&up, proxy, &case).await;
+        return;
+    }
+    assert_eq!(rcpt.code, 250, "{case}");
+    c.cmd("DATA", 354).await;
+    c.send(stuff(b"Subject: fault\r\n\r\nbody\r\n")).await;
+    let started = Instant::now();
+    let final_reply = c.reply().await;
+    assert_eq!(final_reply.code / 100, class, "{case}: final reply {final_reply:?}");
+    if matches!(fault, Fault::Hang) {
+        let budget = if at == At::EndOfData { Duration::from_millis(500) } else { Duration::from_millis(300) };
+        assert!(started.elapsed() >= budget, "{case}: answered before the budget ran out");
+    }
+    c.cmd("QUIT", 221).await;
+    finish(&up, proxy, &case).await;
+}
+
+fn fault_is_421(fault: &Fault) -> bool {
+    matches!(fault, Fault::Reply(line) if line.starts_with("421"))
+}
+
+async fn finish(up: &Recorder, proxy: TestProxy, case: &str) {
+    proxy.stop().await;
+    assert!(up.messages().iter().all(|m| !m.accepted), "{case}: upstream accepted a message");
+}
+
+fn faults() -> Vec<Fault> {
+    vec![
+        Fault::Reply("451 4.3.0 Try again later"),
+        Fault::Reply("421 4.3.2 Going down"),
+        Fault::Reply("554 5.7.1 Go away"),
+        Fault::Hang,
+        Fault::Close,
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_at_greeting_and_mail() {
+    for at in [At::Greeting, At::Mail] {
+        for fault in faults() {
+            run_case(at, fault).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_at_rcpt() {
+    for fault in faults() {
+        run_case(At::Rcpt, fault).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_at_data_and_end_of_data() {
+    for at in [At::Data, At::EndOfData] {
+        for fault in faults() {
+            run_case(at, fault).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_upstream_is_a_tempfail() {
+    let port = free_port(); // nothing listens here
+    let proxy = TestProxy::start(FAST, &format!("smtp://127.0.0.1:{port}")).await;
+    let mut c = proxy.client().await;
+    let ehlo = c.greet().await;
+    assert!(!ehlo.text().contains("8BITMIME"), "nothing end-to-end is promised for an unknown upstream");
+    let r = c.cmd("MAIL FROM:<a@example.org>", 451).await;
+    assert!(r.text().contains("4.4.1"), "{r:?}");
+    c.cmd("QUIT", 221).await;
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_rset_quit_and_disconnect_reach_the_upstream() {
+    let up = Recorder::start(Script::default()).await;
+    let proxy = TestProxy::start(FAST, &up.url()).await;
+
+    // RSET is passed on.
+    let mut c = proxy.client().await;
+    c.greet().await;
+    c.cmd("MAIL FROM:<a@example.org>", 250).await;
+    c.cmd("RCPT TO:<b@example.net>", 250).await;
+    c.cmd("RSET", 250).await;
+    up.saw_command("RSET").await;
+    c.cmd("QUIT", 221).await;
+    up.all_closed().await;
+    assert_eq!(up.commands().last().map(String::as_str), Some("QUIT"));
+
+    // A client that disconnects mid-DATA leaves nothing upstream: no DATA was ever sent there.
+    let mut c = proxy.client().await;
+    c.greet().await;
+    c.cmd("MAIL FROM:<a@example.org>", 250).await;
+    c.cmd("RCPT TO:<b@example.net>", 250).await;
+    c.cmd("DATA", 354).await;
+    c.send("Subject: half\r\n\r\nhalf a messa").await;
+    drop(c);
+    up.all_closed().await;
+    assert!(up.messages().is_empty());
+    assert!(!up.commands().iter().any(|l| l == "DATA"), "{:?}", up.commands());
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_connect_upstream_only_for_mail() {
+    let up = Recorder::start(Script::default()).await;
+    let proxy = TestProxy::start(FAST, &up.url()).await;
+    // The start-up probe learned the capabilities and left.
+    up.closed_connections(1).await;
+    let mut c = proxy.client().await;
+    c.greet().await;
+    c.cmd("NOOP", 250).await;
+    assert_eq!(up.connections(), 1, "EHLO and NOOP do not need the upstream");
+    c.cmd("MAIL FROM:<a@example.org>", 250).await;
+    assert_eq!(up.connections(), 2);
+    c.cmd("RSET", 250).await;
+    c.cmd("MAIL FROM:<a@example.org>", 250).await;
+    assert_eq!(up.connections(), 2, "the upstream connection is reused across transactions");
+    c.cmd("QUIT", 221).await;
+    proxy.stop().await;
+}
