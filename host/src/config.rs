@@ -22,6 +22,9 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub upstream: UpstreamConfig,
     pub log: LogConfig,
+    pub sandbox: SandboxConfig,
+    /// Filter plugins, run in this order at every stage they declare.
+    pub plugins: Vec<PluginConfig>,
 }
 
 /// `[server]`: where and how the proxy listens.
@@ -133,6 +136,108 @@ impl Default for UpstreamConfig {
             command_timeout: Duration::from_secs(60),
             data_timeout: Duration::from_secs(300),
         }
+    }
+}
+
+/// `[sandbox]`: the plugin runtime shared by all plugins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// Plugin calls running at once across all sessions; sizes the instance pool. A call that
+    /// finds the pool busy waits up to its time limit, then counts as a fault.
+    pub max_in_flight: u32,
+    /// Where compiled plugins are cached, so a restart does not recompile them; unset means
+    /// `$XDG_CACHE_HOME/wasmtp` or `~/.cache/wasmtp`. The directory is created with mode 0700
+    /// and only files the proxy wrote there itself are ever loaded.
+    pub cache_dir: Option<PathBuf>,
+    /// Maildir that receives quarantined messages.
+    pub quarantine: PathBuf,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self { max_in_flight: 64, cache_dir: None, quarantine: PathBuf::from("./quarantine") }
+    }
+}
+
+/// One `[[plugins]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// The name used in logs and replies.
+    pub name: String,
+    /// The plugin component (`.wasm`, built for wasm32-wasip2).
+    pub path: PathBuf,
+    /// What a fault of this plugin (trap, timeout, invalid answer) means for the message.
+    #[serde(default)]
+    pub on_error: OnError,
+    #[serde(default)]
+    pub limits: PluginLimits,
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+    /// Free-form settings handed to the plugin as JSON (`host.config()`).
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+/// A plugin's failure policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// `451 4.3.0`: the client keeps the message and retries (fail closed, no loss).
+    #[default]
+    Tempfail,
+    /// Skip the plugin (fail open).
+    Continue,
+    /// Refuse with `550 5.7.0` (`554` at connect).
+    Reject,
+}
+
+/// `[plugins.limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginLimits {
+    /// Wall-clock budget of one call at connect, ehlo, mail and rcpt (instantiation included).
+    #[serde(with = "duration")]
+    pub time: Duration,
+    /// Wall-clock budget of one call at the data stage.
+    #[serde(with = "duration")]
+    pub data_time: Duration,
+    /// Linear memory the plugin may grow to.
+    pub memory: ByteSize,
+    /// Longest body handed to a plugin with full body access; longer bodies are cut and
+    /// flagged `body-truncated`.
+    pub max_body: ByteSize,
+    /// Data a plugin may pass through host calls (logs, notes, key-value) in one call.
+    pub host_data: ByteSize,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        Self {
+            time: Duration::from_millis(100),
+            data_time: Duration::from_secs(1),
+            memory: ByteSize(32 << 20),
+            max_body: ByteSize(10 << 20),
+            host_data: ByteSize(1 << 20),
+        }
+    }
+}
+
+/// `[plugins.breaker]`: after `failures` faults in a row the plugin is bypassed (by its
+/// `on_error` policy, without calling it) for `cooldown`; then one call decides whether it
+/// closes again.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    pub failures: u32,
+    #[serde(with = "duration")]
+    pub cooldown: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self { failures: 5, cooldown: Duration::from_secs(30) }
     }
 }
 
@@ -356,6 +461,23 @@ impl Config {
         positive("upstream.data_timeout", !self.upstream.data_timeout.is_zero())?;
         if self.limits.max_line_length < 1000 {
             return Err("field `limits.max_line_length`: must be at least 1000 (RFC 5321 §4.5.3.1.6)".into());
+        }
+        positive("sandbox.max_in_flight", self.sandbox.max_in_flight > 0)?;
+        let mut names = std::collections::HashSet::new();
+        for (i, plugin) in self.plugins.iter().enumerate() {
+            if plugin.name.is_empty() || plugin.name.contains(|c: char| c.is_whitespace() || c.is_control()) {
+                return Err(format!("field `plugins[{i}].name`: `{}` is not a usable name", plugin.name));
+            }
+            if !names.insert(plugin.name.as_str()) {
+                return Err(format!("field `plugins[{i}].name`: `{}` is used twice", plugin.name));
+            }
+            let limits = &plugin.limits;
+            positive(&format!("plugins[{i}].limits.time"), !limits.time.is_zero())?;
+            positive(&format!("plugins[{i}].limits.data_time"), !limits.data_time.is_zero())?;
+            if limits.memory.0 < (1 << 20) || limits.memory.0 > (4 << 30) {
+                return Err(format!("field `plugins[{i}].limits.memory`: must be between 1MiB and 4GiB"));
+            }
+            positive(&format!("plugins[{i}].breaker.failures"), plugin.breaker.failures > 0)?;
         }
         if let Some(name) = &self.server.hostname
             && (name.is_empty() || name.contains(|c: char| c.is_whitespace() || c.is_control()))

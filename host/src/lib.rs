@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod config;
 pub mod message;
+pub mod plugins;
 pub mod server;
 pub mod session;
 pub mod shutdown;

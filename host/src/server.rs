@@ -16,9 +16,11 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::config::Config;
+use crate::plugins::Plugins;
 use crate::session::{self, SessionContext};
 use crate::shutdown;
 use crate::upstream::UpstreamTarget;
+use crate::upstream::maildir::Maildir;
 
 /// Listen backlog: a small backlog drops connections under load (../shared/bench/README.md).
 const BACKLOG: u32 = 1024;
@@ -44,10 +46,18 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         Ok(caps) => tracing::info!(%url, ?caps, "upstream ready"),
         Err(err) => tracing::warn!(%url, error = %err, "upstream not reachable yet; sessions will retry"),
     }
+    let (plugins, _) = Plugins::load(&config).await?;
+    let quarantine = if plugins.may_quarantine() {
+        let maildir = Maildir::create(config.sandbox.quarantine.clone(), config.hostname())?;
+        tracing::info!(path = %maildir.root().display(), "quarantine Maildir ready");
+        Some(Arc::new(maildir))
+    } else {
+        None
+    };
     let (controller, signal) = shutdown::channel();
     let grace = config.timeouts.shutdown_grace;
     let limit = Arc::new(Semaphore::new(config.server.max_connections));
-    let ctx = Arc::new(SessionContext::new(config, upstream, signal));
+    let ctx = Arc::new(SessionContext::new(config, upstream, signal, Arc::new(plugins), quarantine));
     tracing::info!(listen = %listener.local_addr()?, hostname = %ctx.hostname, "accepting connections");
 
     let mut sessions = JoinSet::new();

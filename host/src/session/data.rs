@@ -6,11 +6,19 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::time::Instant as TokioInstant;
 
+use std::sync::Arc;
+
 use super::io::{DATA_READ, ReadOutcome};
 use super::{Flow, Session, Transaction};
-use crate::message::{MessageBuffer, TraceInfo, received_header};
-use crate::smtp::Reply;
+use crate::message::headers::MAX_HEADER_SECTION;
+use crate::message::outgoing::Body;
+use crate::message::{HeaderSection, MessageBuffer, Outgoing, TraceInfo, received_header};
+use crate::plugins::bindings::Stage;
+use crate::plugins::chain::{DataState, Outcome};
 use crate::smtp::data::{DataReceiver, Faults, LineEndings};
+use crate::smtp::{Mailbox, Reply};
+use crate::upstream::Sender;
+use crate::upstream::maildir::MaildirSession;
 
 /// How receiving the message ended.
 enum Received {
@@ -46,30 +54,31 @@ impl Session {
             return Flow::Close;
         }
 
-        let received = self.receive(header).await;
+        let received = self.receive().await;
         let txn = self.transaction.take().expect("checked above");
         self.io.shrink_input();
+        if !matches!(received, Received::Complete { .. }) {
+            self.plugin_session.end_transaction();
+        }
         match received {
             Received::Complete { mut message, faults, spool_error, size } => {
                 // A client that sends bare CR, bare LF or NUL is not speaking SMTP: whatever it
                 // pipelined after this message is not trusted either, so the session ends after
                 // the refusal (as Postfix's smtpd_forbid_bare_newline does).
                 let hostile = faults.bad_line_endings() && self.ctx.config.server.line_endings == LineEndings::Reject;
-                let reply = match refusal(&faults, spool_error.as_ref(), &self.ctx.config) {
+                let (reply, flow) = match refusal(&faults, spool_error.as_ref(), &self.ctx.config) {
                     Some(reply) => {
                         self.upstream.rset().await;
-                        reply
+                        (reply, Flow::Continue)
                     }
-                    None => match self.upstream.data(&mut message).await {
-                        Ok(reply) => reply,
-                        Err(err) => {
-                            tracing::warn!(error = %err, "upstream failed at DATA");
-                            err.client_reply()
-                        }
-                    },
+                    None => self.filter_and_relay(&txn, &mut message, header).await,
                 };
+                self.plugin_session.end_transaction();
                 self.log_transaction(&txn, size, &reply);
                 self.reply(reply);
+                if flow == Flow::Close {
+                    return Flow::Close;
+                }
                 if hostile {
                     return Flow::Close;
                 }
@@ -100,6 +109,127 @@ impl Session {
         }
     }
 
+    /// Runs the data stage over the received message, then relays it (or quarantines it) as the
+    /// plugins left it. Returns the client's reply and whether the session goes on.
+    async fn filter_and_relay(
+        &mut self,
+        txn: &Transaction,
+        message: &mut MessageBuffer,
+        trace: String,
+    ) -> (Reply, Flow) {
+        let plugins = self.ctx.plugins.clone();
+        if !plugins.wants(Stage::Data) {
+            let mut out = Outgoing::unchanged(trace.into_bytes(), message);
+            return (self.relay(&mut out).await, Flow::Continue);
+        }
+        let local_failure = |err: std::io::Error| {
+            tracing::error!(error = %err, "cannot read the buffered message");
+            (Reply::enhanced(451, (4, 3, 0), "Local error reading the message, try again later"), Flow::Continue)
+        };
+        let headers = match message.read_prefix(0, MAX_HEADER_SECTION).await {
+            Ok(head) => HeaderSection::parse(&head),
+            Err(err) => return local_failure(err),
+        };
+        let body_offset = headers.body_offset;
+        let body_len = message.len().saturating_sub(body_offset);
+        let original_body = match message.read_prefix(body_offset, plugins.max_body_needed()).await {
+            Ok(body) => body,
+            Err(err) => return local_failure(err),
+        };
+        let mut state = DataState {
+            sender: txn.mail.sender.clone(),
+            recipients: txn.recipients.clone(),
+            headers,
+            replaced_body: None,
+            quarantine: None,
+            envelope_changed: false,
+            utf8: txn.mail.smtputf8,
+            original_body: Arc::new(original_body),
+            original_body_len: body_len,
+            max_size: self.ctx.config.limits.max_message_size.bytes(),
+        };
+        match plugins.run(&mut self.plugin_session, &mut state).await {
+            Outcome::Continue => {}
+            Outcome::Reject(reply) | Outcome::Tempfail(reply) => {
+                self.upstream.rset().await;
+                return (reply, Flow::Continue);
+            }
+            Outcome::Disconnect(reply) => {
+                self.upstream.rset().await;
+                return (reply, Flow::Close);
+            }
+        }
+
+        let body_is_empty = state.replaced_body.as_ref().map_or(body_len == 0, |b| b.is_empty());
+        let mut prefix = Vec::new();
+        if let Some((plugin, reason)) = &state.quarantine {
+            prefix.extend_from_slice(format!("X-Wasmtp-Quarantine: {plugin}: {reason}\r\n").as_bytes());
+        }
+        prefix.extend_from_slice(trace.as_bytes());
+        prefix.extend_from_slice(&state.headers.render(body_is_empty));
+        let body = match state.replaced_body.take() {
+            Some(body) => Body::Replaced(Arc::unwrap_or_clone(body)),
+            None => Body::Original { offset: body_offset },
+        };
+        let mut out = Outgoing::new(prefix, body, message);
+        let sender = Sender {
+            mailbox: &state.sender,
+            size: txn.mail.size.map(|_| out.len()),
+            body: txn.mail.body,
+            smtputf8: txn.mail.smtputf8,
+        };
+
+        if let Some((plugin, reason)) = &state.quarantine {
+            self.upstream.rset().await;
+            let reply = self.quarantine(&sender, &state.recipients, &mut out).await;
+            tracing::info!(%plugin, %reason, %reply, "message quarantined");
+            return (reply, Flow::Continue);
+        }
+        if state.envelope_changed {
+            tracing::info!(sender = %state.sender, recipients = ?state.recipients, "envelope changed by plugins: replaying upstream");
+            match self.upstream.replay(&sender, &state.recipients).await {
+                Ok(None) => {}
+                Ok(Some(refusal)) => return (refusal, Flow::Continue),
+                Err(err) => {
+                    tracing::warn!(error = %err, "upstream failed replaying the envelope");
+                    return (err.client_reply(), Flow::Continue);
+                }
+            }
+        }
+        (self.relay(&mut out).await, Flow::Continue)
+    }
+
+    /// Sends the message upstream and returns the upstream's final reply (or a 4xx).
+    async fn relay(&mut self, out: &mut Outgoing<'_>) -> Reply {
+        match self.upstream.data(out).await {
+            Ok(reply) => reply,
+            Err(err) => {
+                tracing::warn!(error = %err, "upstream failed at DATA");
+                err.client_reply()
+            }
+        }
+    }
+
+    /// Delivers into the quarantine Maildir instead of the upstream.
+    async fn quarantine(&self, sender: &Sender<'_>, recipients: &[Mailbox], out: &mut Outgoing<'_>) -> Reply {
+        let Some(maildir) = &self.ctx.quarantine else {
+            tracing::error!("quarantine requested but no quarantine Maildir is set up");
+            return Reply::enhanced(451, (4, 3, 0), "Cannot store the message right now, try again later");
+        };
+        let mut session = MaildirSession::new(maildir.clone());
+        session.mail(sender);
+        for recipient in recipients {
+            session.rcpt(recipient);
+        }
+        match session.deliver(out).await {
+            Ok(_) => Reply::enhanced(250, (2, 0, 0), "Ok: message accepted"),
+            Err(err) => {
+                tracing::error!(error = %err, "quarantine delivery failed");
+                err.client_reply()
+            }
+        }
+    }
+
     fn trace_header(&self, txn: &Transaction) -> String {
         let helo = self.helo.as_ref().expect("MAIL needs HELO");
         let protocol = match (helo.esmtp, txn.mail.smtputf8) {
@@ -125,16 +255,13 @@ impl Session {
 
     /// Reads the message up to its end of data. Whatever happens, input is consumed exactly to
     /// the end of data, so the next command is read from the right place.
-    async fn receive(&mut self, header: String) -> Received {
+    async fn receive(&mut self) -> Received {
         let config = &self.ctx.config;
         let limits = &config.limits;
         let mut receiver =
             DataReceiver::new(config.server.line_endings, limits.max_message_size.bytes(), limits.max_line_length);
         let mut message = MessageBuffer::new(limits.memory_buffer.bytes() as usize, &self.ctx.spool_dir);
         let mut spool_error = None;
-        if let Err(err) = message.append(header.as_bytes()).await {
-            spool_error = Some(err);
-        }
         let idle = config.timeouts.idle;
         let min_rate = config.timeouts.min_data_rate.bytes();
         let started = TokioInstant::now();

@@ -1,19 +1,37 @@
-//! MAIL and RCPT: the envelope, checked against what was advertised and relayed live so the
-//! upstream's answer for the sender and for each recipient reaches the client.
+//! MAIL and RCPT: the envelope, checked against what was advertised, passed through the plugin
+//! chain (which may rewrite it), and relayed live so the upstream's answer for the sender and for
+//! each recipient reaches the client.
 
 use std::time::Instant;
 
 use super::{Flow, Session, Transaction};
-use crate::smtp::Reply;
+use crate::plugins::chain::{MailState, Outcome, RcptState};
 use crate::smtp::command::{Body, MailFrom, RcptTo};
+use crate::smtp::{Mailbox, Reply};
 use crate::upstream::Sender;
 
 fn unsupported(what: &str) -> Reply {
     Reply::enhanced(555, (5, 5, 4), format!("{what} not supported"))
 }
 
+/// The client's MAIL parameters as plugins see them.
+fn mail_params(mail: &MailFrom) -> Vec<(String, Option<String>)> {
+    let mut params = Vec::new();
+    if let Some(size) = mail.size {
+        params.push(("SIZE".to_string(), Some(size.to_string())));
+    }
+    if let Some(body) = mail.body {
+        let value = if body == Body::EightBitMime { "8BITMIME" } else { "7BIT" };
+        params.push(("BODY".to_string(), Some(value.to_string())));
+    }
+    if mail.smtputf8 {
+        params.push(("SMTPUTF8".to_string(), None));
+    }
+    params
+}
+
 impl Session {
-    pub(super) async fn mail(&mut self, mail: MailFrom) -> Flow {
+    pub(super) async fn mail(&mut self, mut mail: MailFrom) -> Flow {
         let Some(helo) = &self.helo else {
             return self.error(Reply::enhanced(503, (5, 5, 1), "Send HELO/EHLO first"));
         };
@@ -37,6 +55,20 @@ impl Session {
             self.reply(Reply::enhanced(552, (5, 3, 4), "Message size exceeds fixed limit"));
             return Flow::Continue;
         }
+
+        self.plugin_session.begin_transaction();
+        let mut state = MailState { sender: mail.sender.clone(), params: mail_params(&mail), utf8: mail.smtputf8 };
+        let plugins = self.ctx.plugins.clone();
+        let outcome = plugins.run(&mut self.plugin_session, &mut state).await;
+        if outcome != Outcome::Continue {
+            self.plugin_session.end_transaction();
+            return self.refuse(outcome);
+        }
+        if state.sender != mail.sender {
+            tracing::info!(from = %mail.sender, to = %state.sender, "sender rewritten by a plugin");
+            mail.sender = state.sender;
+        }
+
         let reply = match self.upstream.mail(&Sender::from(&mail)).await {
             Ok(reply) => reply,
             Err(err) => {
@@ -48,6 +80,7 @@ impl Session {
             self.transaction =
                 Some(Transaction { mail, recipients: Vec::new(), started: Instant::now(), broken: false });
         } else {
+            self.plugin_session.end_transaction();
             tracing::info!(sender = %mail.sender, %reply, "sender refused");
         }
         self.reply(reply);
@@ -55,7 +88,6 @@ impl Session {
     }
 
     pub(super) async fn rcpt(&mut self, rcpt: RcptTo) -> Flow {
-        let max = self.ctx.config.limits.max_recipients;
         let Some(txn) = &self.transaction else {
             return self.error(Reply::enhanced(503, (5, 5, 1), "Need MAIL before RCPT"));
         };
@@ -70,26 +102,74 @@ impl Session {
             self.reply(Reply::enhanced(451, (4, 4, 2), "Upstream connection lost, try again later"));
             return Flow::Continue;
         }
-        if txn.recipients.len() >= max {
+        if txn.recipients.len() >= self.ctx.config.limits.max_recipients {
             self.reply(Reply::enhanced(452, (4, 5, 3), "Too many recipients"));
             return Flow::Continue;
         }
-        let reply = match self.upstream.rcpt(&rcpt.recipient).await {
-            Ok(reply) => reply,
-            Err(err) => {
-                tracing::warn!(error = %err, recipient = %rcpt.recipient, "upstream failed at RCPT");
-                if let Some(txn) = &mut self.transaction {
-                    txn.broken = true;
-                }
-                err.client_reply()
-            }
+
+        let mut state = RcptState {
+            sender: txn.mail.sender.clone(),
+            accepted: txn.recipients.clone(),
+            recipient: rcpt.recipient.clone(),
+            keep: true,
+            added: Vec::new(),
+            utf8: txn.mail.smtputf8,
         };
-        if let Some(txn) = &mut self.transaction
-            && reply.is_positive()
-        {
-            txn.recipients.push(rcpt.recipient);
+        let plugins = self.ctx.plugins.clone();
+        let outcome = plugins.run(&mut self.plugin_session, &mut state).await;
+        if outcome != Outcome::Continue {
+            return self.refuse(outcome);
         }
+        let mut relay: Vec<Mailbox> = Vec::new();
+        if state.keep {
+            relay.push(rcpt.recipient.clone());
+        }
+        relay.extend(state.added.into_iter().filter(|a| *a != rcpt.recipient));
+        if relay.is_empty() {
+            tracing::info!(recipient = %rcpt.recipient, "recipient dropped by a plugin");
+            self.reply(Reply::enhanced(250, (2, 1, 5), "Ok"));
+            return Flow::Continue;
+        }
+        if relay != [rcpt.recipient.clone()] {
+            tracing::info!(recipient = %rcpt.recipient, relayed = ?relay, "recipient rewritten by a plugin");
+        }
+        let reply = self.relay_recipients(relay).await;
         self.reply(reply);
         Flow::Continue
+    }
+
+    /// Relays each recipient upstream. The client hears the first refusal if there is one (so
+    /// no recipient it asked for is dropped without it knowing), else the first acceptance.
+    async fn relay_recipients(&mut self, relay: Vec<Mailbox>) -> Reply {
+        let max = self.ctx.config.limits.max_recipients;
+        let mut first_ok = None;
+        let mut first_refusal = None;
+        for recipient in relay {
+            let full = self.transaction.as_ref().is_some_and(|t| t.recipients.len() >= max);
+            let reply = if full {
+                Reply::enhanced(452, (4, 5, 3), "Too many recipients")
+            } else {
+                match self.upstream.rcpt(&recipient).await {
+                    Ok(reply) => reply,
+                    Err(err) => {
+                        tracing::warn!(error = %err, %recipient, "upstream failed at RCPT");
+                        if let Some(txn) = &mut self.transaction {
+                            txn.broken = true;
+                        }
+                        err.client_reply()
+                    }
+                }
+            };
+            if reply.is_positive() {
+                if let Some(txn) = &mut self.transaction {
+                    txn.recipients.push(recipient);
+                }
+                first_ok.get_or_insert(reply);
+            } else {
+                tracing::info!(%recipient, %reply, "recipient refused");
+                first_refusal.get_or_insert(reply);
+            }
+        }
+        first_refusal.or(first_ok).expect("at least one recipient was relayed")
     }
 }

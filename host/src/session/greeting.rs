@@ -2,12 +2,19 @@
 //! the upstream support (DESIGN §3).
 
 use super::{Advertised, Flow, Helo, Session};
+use crate::plugins::chain::{EhloState, Outcome};
 use crate::smtp::Reply;
 
 impl Session {
     pub(super) async fn helo(&mut self, name: String, esmtp: bool) -> Flow {
         // A new HELO/EHLO resets any transaction (RFC 5321 §4.1.4).
         self.reset_transaction().await;
+        let plugins = self.ctx.plugins.clone();
+        let outcome = plugins.run(&mut self.plugin_session, &mut EhloState(name.clone())).await;
+        if outcome != Outcome::Continue {
+            return self.refuse(outcome);
+        }
+        self.plugin_session.set_helo(&name);
         self.upstream.set_helo(&name, esmtp);
         let hostname = self.ctx.hostname.clone();
         if !esmtp {

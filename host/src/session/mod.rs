@@ -21,10 +21,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpStream;
 
 use crate::config::Config;
+use crate::plugins::Plugins;
+use crate::plugins::chain::{ConnectState, Outcome, PluginSession};
 use crate::shutdown::ShutdownSignal;
 use crate::smtp::command::{self, Command, MailFrom};
 use crate::smtp::line::{Line, LineReader};
 use crate::smtp::{Mailbox, Reply};
+use crate::upstream::maildir::Maildir;
 use crate::upstream::{ClientInfo, Upstream, UpstreamTarget};
 use io::{ClientIo, ReadOutcome};
 
@@ -36,16 +39,25 @@ pub struct SessionContext {
     pub upstream: UpstreamTarget,
     pub spool_dir: PathBuf,
     pub shutdown: ShutdownSignal,
+    pub plugins: Arc<Plugins>,
+    /// Where quarantined messages go (present when a plugin may quarantine).
+    pub quarantine: Option<Arc<Maildir>>,
     ids: AtomicU64,
 }
 
 impl SessionContext {
-    pub fn new(config: Config, upstream: UpstreamTarget, shutdown: ShutdownSignal) -> Self {
+    pub fn new(
+        config: Config,
+        upstream: UpstreamTarget,
+        shutdown: ShutdownSignal,
+        plugins: Arc<Plugins>,
+        quarantine: Option<Arc<Maildir>>,
+    ) -> Self {
         let hostname = config.hostname();
         let spool_dir = config.server.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
         // Session ids start from the clock so they do not repeat across restarts.
         let start = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) << 20;
-        Self { config, hostname, upstream, spool_dir, shutdown, ids: AtomicU64::new(start) }
+        Self { config, hostname, upstream, spool_dir, shutdown, plugins, quarantine, ids: AtomicU64::new(start) }
     }
 
     fn next_id(&self) -> String {
@@ -106,6 +118,9 @@ pub struct Session {
     upstream: Upstream,
     errors: u32,
     transactions: u32,
+    plugin_session: PluginSession,
+    /// A connect-stage plugin refused the client: only QUIT is served.
+    refused: bool,
 }
 
 /// Runs a session on an accepted connection until it ends.
@@ -113,6 +128,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) 
     let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.into_split();
     let id = ctx.next_id();
+    let plugin_id = id.clone();
     let upstream = ctx.upstream.session(ClientInfo { ip: peer.ip(), port: peer.port(), helo: None, esmtp: false });
     let max_size = ctx.config.limits.max_message_size.bytes();
     let mut session = Session {
@@ -126,6 +142,8 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) 
         upstream,
         errors: 0,
         transactions: 0,
+        plugin_session: PluginSession::new(&plugin_id, peer),
+        refused: false,
         ctx,
     };
     let span = tracing::info_span!("session", id = %session.id, client = %peer);
@@ -137,8 +155,7 @@ impl Session {
         tracing::debug!("connected");
         if self.ctx.shutdown.is_draining() {
             self.reply(Reply::enhanced(421, (4, 3, 2), format!("{} Service shutting down", self.ctx.hostname)));
-        } else {
-            self.reply(Reply::new(220, None, format!("{} ESMTP wasmtp", self.ctx.hostname)));
+        } else if self.greet().await == Flow::Continue {
             while self.step().await == Flow::Continue {}
         }
         if let Some(txn) = self.transaction.take() {
@@ -148,6 +165,34 @@ impl Session {
         self.upstream.quit().await;
         self.io.close().await;
         tracing::debug!("closed");
+    }
+
+    /// Runs the connect stage and sends the greeting it allows.
+    async fn greet(&mut self) -> Flow {
+        let plugins = self.ctx.plugins.clone();
+        match plugins.run(&mut self.plugin_session, &mut ConnectState).await {
+            Outcome::Continue => {
+                self.reply(Reply::new(220, None, format!("{} ESMTP wasmtp", self.ctx.hostname)));
+                Flow::Continue
+            }
+            // A greeting can only be 220, 554 (then 503 to all but QUIT) or 421 (then close).
+            Outcome::Reject(reply) => {
+                let enhanced = reply.enhanced_code();
+                self.reply(reply.with_code(554, enhanced));
+                self.refused = true;
+                Flow::Continue
+            }
+            Outcome::Tempfail(reply) | Outcome::Disconnect(reply) if reply.is_transient() => {
+                let enhanced = reply.enhanced_code();
+                self.reply(reply.with_code(421, enhanced));
+                Flow::Close
+            }
+            Outcome::Tempfail(reply) | Outcome::Disconnect(reply) => {
+                let enhanced = reply.enhanced_code();
+                self.reply(reply.with_code(554, enhanced));
+                Flow::Close
+            }
+        }
     }
 
     /// Handles one event from the client.
@@ -184,6 +229,9 @@ impl Session {
     async fn dispatch(&mut self, cmd: Command) -> Flow {
         if cmd.is_sync_point() && !self.io.input.is_empty() {
             return self.synchronization_error(&cmd);
+        }
+        if self.refused && !matches!(cmd, Command::Quit) {
+            return self.error(Reply::enhanced(503, (5, 5, 1), "Connection refused by policy; only QUIT is accepted"));
         }
         match cmd {
             Command::Helo(name) => self.helo(name, false).await,
@@ -263,7 +311,28 @@ impl Session {
 
     /// Ends the current transaction here and upstream.
     async fn reset_transaction(&mut self) {
-        self.transaction = None;
+        self.end_transaction();
         self.upstream.rset().await;
+    }
+
+    /// Forgets the transaction on our side (its notes too).
+    fn end_transaction(&mut self) {
+        self.transaction = None;
+        self.plugin_session.end_transaction();
+    }
+
+    /// Sends a plugin's refusal. Returns how the session goes on.
+    fn refuse(&mut self, outcome: Outcome) -> Flow {
+        match outcome {
+            Outcome::Continue => Flow::Continue,
+            Outcome::Reject(reply) | Outcome::Tempfail(reply) => {
+                self.reply(reply);
+                Flow::Continue
+            }
+            Outcome::Disconnect(reply) => {
+                self.reply(reply);
+                Flow::Close
+            }
+        }
     }
 }

@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::io::AsyncWriteExt;
 
 use super::{Sender, UpstreamError};
-use crate::message::MessageBuffer;
+use crate::message::Outgoing;
 use crate::smtp::{Mailbox, Reply};
 
 /// A Maildir root with its `tmp/`, `new/` and `cur/` folders.
@@ -89,7 +89,7 @@ impl MaildirSession {
     }
 
     /// Writes the message into `new/`; returns 250 only once it is durable.
-    pub async fn deliver(&mut self, message: &mut MessageBuffer) -> Result<Reply, UpstreamError> {
+    pub async fn deliver(&mut self, message: &mut Outgoing<'_>) -> Result<Reply, UpstreamError> {
         let name = self.maildir.unique_name();
         let tmp = self.maildir.root.join("tmp").join(&name);
         let new = self.maildir.root.join("new").join(&name);
@@ -102,7 +102,7 @@ impl MaildirSession {
         Ok(Reply::enhanced(250, (2, 0, 0), format!("Ok: delivered as {name}")))
     }
 
-    async fn write_durably(&self, message: &mut MessageBuffer, tmp: &Path, new: &Path) -> std::io::Result<()> {
+    async fn write_durably(&self, message: &mut Outgoing<'_>, tmp: &Path, new: &Path) -> std::io::Result<()> {
         let mut file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(tmp).await?;
         let mut head = format!("Return-Path: <{}>\n", self.sender.as_ref().map_or("", Mailbox::as_str));
         for rcpt in &self.recipients {

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::config::{Config, UpstreamUrl};
-use crate::message::MessageBuffer;
+use crate::message::Outgoing;
 use crate::smtp::command::{Body, MailFrom};
 use crate::smtp::{EnhancedCode, Mailbox, Reply};
 
@@ -212,11 +212,34 @@ impl Upstream {
 
     /// Sends the message and returns the upstream's final reply. Only a 2xx here means the
     /// message was taken.
-    pub async fn data(&mut self, message: &mut MessageBuffer) -> Result<Reply, UpstreamError> {
+    pub async fn data(&mut self, message: &mut Outgoing<'_>) -> Result<Reply, UpstreamError> {
         match self {
             Self::Smtp(relay) => relay.data(message).await,
             Self::Maildir(session) => session.deliver(message).await,
         }
+    }
+
+    /// Starts the transaction again with a new envelope (after plugins changed it at DATA):
+    /// RSET, MAIL, RCPT for each recipient. Returns the first refusal, if any: a message is
+    /// relayed only when every recipient is accepted again, so no recipient is lost silently.
+    pub async fn replay(
+        &mut self,
+        sender: &Sender<'_>,
+        recipients: &[Mailbox],
+    ) -> Result<Option<Reply>, UpstreamError> {
+        self.rset().await;
+        let reply = self.mail(sender).await?;
+        if !reply.is_positive() {
+            return Ok(Some(reply));
+        }
+        for recipient in recipients {
+            let reply = self.rcpt(recipient).await?;
+            if !reply.is_positive() {
+                self.rset().await;
+                return Ok(Some(reply));
+            }
+        }
+        Ok(None)
     }
 
     /// Abandons the current transaction, if any. Failures drop the upstream connection.

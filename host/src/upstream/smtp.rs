@@ -16,7 +16,7 @@ use tokio::time::timeout;
 
 use super::{Capabilities, ClientInfo, Sender, Stage, UpstreamError};
 use crate::config::Config;
-use crate::message::{CHUNK, MessageBuffer};
+use crate::message::{CHUNK, Outgoing};
 use crate::smtp::command::Body;
 use crate::smtp::data::DotStuffer;
 use crate::smtp::{EnhancedCode, Mailbox, Reply};
@@ -401,7 +401,7 @@ impl SmtpRelay {
         }
     }
 
-    pub async fn data(&mut self, message: &mut MessageBuffer) -> Result<Reply, UpstreamError> {
+    pub async fn data(&mut self, message: &mut Outgoing<'_>) -> Result<Reply, UpstreamError> {
         let Some(conn) = self.conn.as_mut().filter(|_| self.in_transaction) else {
             return Err(UpstreamError::Closed(Stage::Data));
         };
@@ -459,11 +459,7 @@ impl SmtpRelay {
 }
 
 /// Streams the dot-stuffed message, coalesced into large writes, final dot included in the last.
-async fn send_message(
-    conn: &mut Connection,
-    message: &mut MessageBuffer,
-    limit: Duration,
-) -> Result<(), UpstreamError> {
+async fn send_message(conn: &mut Connection, message: &mut Outgoing<'_>, limit: Duration) -> Result<(), UpstreamError> {
     let io_error = |source| UpstreamError::Io { stage: Stage::Data, source };
     let mut stuffer = DotStuffer::new();
     let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);

@@ -1,6 +1,13 @@
 //! A received message on its way upstream: its content held in memory up to a threshold and
-//! spilled to an unlinked temporary file above it, and the `Received:` trace header the proxy
-//! prepends (RFC 5321 §4.4).
+//! spilled to an unlinked temporary file above it ([`MessageBuffer`]), the `Received:` trace
+//! header the proxy prepends (RFC 5321 §4.4), the header section as plugins see and edit it
+//! ([`headers`]), and the edited message as it is sent ([`outgoing`]).
+
+pub mod headers;
+pub mod outgoing;
+
+pub use headers::HeaderSection;
+pub use outgoing::Outgoing;
 
 use std::io::SeekFrom;
 use std::net::IpAddr;
@@ -84,6 +91,28 @@ impl MessageBuffer {
             file.seek(SeekFrom::Start(0)).await?;
         }
         Ok(())
+    }
+
+    /// Continues reading from `offset` (after [`MessageBuffer::rewind`]).
+    pub async fn seek(&mut self, offset: u64) -> std::io::Result<()> {
+        self.read_pos = offset.min(self.len) as usize;
+        if let Some(file) = &mut self.file {
+            file.flush().await?;
+            file.seek(SeekFrom::Start(offset)).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads up to `max` octets from the start, for the header section and plugin bodies.
+    pub async fn read_prefix(&mut self, offset: u64, max: usize) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(max.min(self.len as usize));
+        self.seek(offset).await?;
+        while out.len() < max {
+            let Some(chunk) = self.next_chunk().await? else { break };
+            let take = chunk.len().min(max - out.len());
+            out.extend_from_slice(&chunk[..take]);
+        }
+        Ok(out)
     }
 
     /// The next piece of content (at most [`CHUNK`] octets), or `None` at the end.

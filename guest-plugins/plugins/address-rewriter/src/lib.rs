@@ -1,0 +1,102 @@
+//! address-rewriter: expands recipient aliases and masquerades sender domains.
+//!
+//! ```toml
+//! [[plugins]]
+//! name = "rewriter"
+//! path = "address_rewriter.wasm"
+//! [plugins.config]
+//! # RCPT TO:<sales@example.org> is replaced by these recipients (matched case-insensitively).
+//! # A single string is accepted too; an empty list is ignored (it never drops a recipient).
+//! aliases = { "sales@example.org" = ["ann@example.org", "bob@example.org"], "info@example.org" = "ann@example.org" }
+//! # MAIL FROM:<joe@internal.example> becomes MAIL FROM:<joe@example.org>; <> stays <>.
+//! masquerade = { "internal.example" = "example.org" }
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use wasmtp_plugin::{
+    Address, BodyAccess, Connection, Decision, EditKind, Envelope, Filter, Level, Manifest, Stage, export,
+};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Config {
+    /// Mailbox -> replacement mailboxes.
+    aliases: BTreeMap<String, Targets>,
+    /// Sender domain -> replacement domain.
+    masquerade: BTreeMap<String, String>,
+}
+
+/// One mailbox or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Targets {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Targets {
+    fn as_slice(&self) -> &[String] {
+        match self {
+            Targets::One(one) => std::slice::from_ref(one),
+            Targets::Many(many) => many,
+        }
+    }
+}
+
+/// Looks `key` up in `map`, ignoring case on both sides.
+fn lookup<'a, V>(map: &'a BTreeMap<String, V>, key: &str) -> Option<&'a V> {
+    let key = key.to_lowercase();
+    map.iter().find(|(k, _)| k.to_lowercase() == key).map(|(_, v)| v)
+}
+
+struct AddressRewriter;
+
+impl Filter for AddressRewriter {
+    fn manifest() -> Manifest {
+        Manifest::new("address-rewriter", env!("CARGO_PKG_VERSION"))
+            .stages([Stage::Mail, Stage::Rcpt])
+            .body(BodyAccess::None)
+            .edits([EditKind::SetSender, EditKind::AddRecipient, EditKind::RemoveRecipient])
+    }
+
+    fn on_mail(_conn: &Connection, sender: &Address) -> Decision {
+        let config: Config = match wasmtp_plugin::config() {
+            Ok(config) => config,
+            Err(err) => return Decision::tempfail(451, "4.3.5", &err),
+        };
+        // The null sender has no domain and rsplit_once finds none: it is left alone.
+        let Some((local, domain)) = sender.mailbox.rsplit_once('@') else {
+            return Decision::next();
+        };
+        match lookup(&config.masquerade, domain) {
+            Some(new_domain) if !new_domain.eq_ignore_ascii_case(domain) => {
+                Decision::next().set_sender(&format!("{local}@{new_domain}"))
+            }
+            _ => Decision::next(),
+        }
+    }
+
+    fn on_rcpt(_conn: &Connection, _envelope: &Envelope, recipient: &Address) -> Decision {
+        let config: Config = match wasmtp_plugin::config() {
+            Ok(config) => config,
+            Err(err) => return Decision::tempfail(451, "4.3.5", &err),
+        };
+        let Some(targets) = lookup(&config.aliases, &recipient.mailbox) else {
+            return Decision::next();
+        };
+        if targets.as_slice().is_empty() {
+            wasmtp_plugin::log(Level::Warn, &format!("alias {} has no targets; ignored", recipient.mailbox));
+            return Decision::next();
+        }
+        // Removing the recipient being added means it is not relayed; the targets replace it.
+        let mut decision = Decision::next().remove_recipient(&recipient.mailbox);
+        for target in targets.as_slice() {
+            decision = decision.add_recipient(target);
+        }
+        decision
+    }
+}
+
+export!(AddressRewriter);

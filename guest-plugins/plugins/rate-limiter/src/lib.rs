@@ -1,0 +1,59 @@
+//! rate-limiter: at most `limit` messages (MAIL commands) per client IP in a fixed window.
+//!
+//! The counter lives in the shared key-value store (`ip:<address>`), so with a shared backend
+//! the limit holds across every proxy. The window starts with the first MAIL of an address
+//! and lasts `window_secs`; then the count starts over.
+//!
+//! ```toml
+//! [[plugins]]
+//! name = "ratelimit"
+//! path = "rate_limiter.wasm"
+//! [plugins.config]
+//! limit = 100         # messages per window (default 100)
+//! window_secs = 3600  # window length in seconds (default 3600; 0 counts as 1)
+//! ```
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use wasmtp_plugin::{Address, BodyAccess, Connection, Decision, Filter, Manifest, Stage, export, kv};
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Config {
+    limit: u64,
+    window_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { limit: 100, window_secs: 3600 }
+    }
+}
+
+struct RateLimiter;
+
+impl Filter for RateLimiter {
+    fn manifest() -> Manifest {
+        Manifest::new("rate-limiter", env!("CARGO_PKG_VERSION")).stages([Stage::Mail]).body(BodyAccess::None)
+    }
+
+    fn on_mail(conn: &Connection, _sender: &Address) -> Decision {
+        let config: Config = match wasmtp_plugin::config() {
+            Ok(config) => config,
+            Err(err) => return Decision::tempfail(451, "4.3.5", &err),
+        };
+        let window = Duration::from_secs(config.window_secs.max(1));
+        let count = kv::incr(&format!("ip:{}", conn.client_ip), 1, Some(window));
+        if count > i64::try_from(config.limit).unwrap_or(i64::MAX) {
+            return Decision::tempfail(
+                450,
+                "4.7.1",
+                &format!("Too many messages from {}, try again later", conn.client_ip),
+            );
+        }
+        Decision::next()
+    }
+}
+
+export!(RateLimiter);

@@ -1,0 +1,502 @@
+//! # wasmtp-plugin: filter plugins for wasmtp in plain Rust
+//!
+//! A plugin is a type implementing [`Filter`], exported with [`export!`]. Each method is one
+//! SMTP stage; its default lets the message through, so a plugin overrides only the stages it
+//! cares about — and lists them in its [`Manifest`], because the host calls a plugin only at
+//! the stages the manifest declares.
+//!
+//! Every call runs in a fresh sandbox: statics and heap do not survive between calls. Keep state
+//! in [`notes`] (per transaction) or [`kv`] (shared, with expiry). Read your settings with
+//! [`config`].
+//!
+//! ```no_run
+//! use wasmtp_plugin::{export, Address, BodyAccess, Connection, Decision, EditKind, Filter, Manifest, Stage};
+//!
+//! /// Refuses mail from one domain and stamps everything else.
+//! struct Bouncer;
+//!
+//! impl Filter for Bouncer {
+//!     fn manifest() -> Manifest {
+//!         Manifest::new("bouncer", "1.0.0")
+//!             .stages([Stage::Mail, Stage::Data])
+//!             .body(BodyAccess::Headers)
+//!             .edits([EditKind::AddHeader])
+//!     }
+//!
+//!     fn on_mail(_conn: &Connection, sender: &Address) -> Decision {
+//!         if sender.mailbox.ends_with("@spam.example") {
+//!             return Decision::reject(550, "5.7.1", "Mail from spam.example is refused");
+//!         }
+//!         Decision::next()
+//!     }
+//!
+//!     fn on_data(
+//!         _conn: &Connection,
+//!         _envelope: &wasmtp_plugin::Envelope,
+//!         _message: &wasmtp_plugin::Message,
+//!     ) -> Decision {
+//!         Decision::next().add_header("X-Bouncer", "checked")
+//!     }
+//! }
+//!
+//! export!(Bouncer);
+//! ```
+//!
+//! Build it as a `cdylib` for `wasm32-wasip2` (`cargo build --release --target wasm32-wasip2`)
+//! and list the `.wasm` file under `[[plugins]]` in the wasmtp configuration.
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "filter",
+        pub_export_macro: true,
+        export_macro_name: "__export_filter",
+        default_bindings_module: "wasmtp_plugin::bindings",
+    });
+}
+
+use bindings::wasmtp::filter::host as wit_host;
+pub use bindings::wasmtp::filter::types::{
+    Address, BodyAccess, Connection, Decision, Edit, EditKind, Envelope, Header, HeaderChange, HeaderInsert, HeaderRef,
+    Manifest, Message, Param, Reply, Stage, TlsInfo, Verdict,
+};
+pub use wit_host::Level;
+
+/// A filter plugin. Each method is called at one SMTP stage, only if the manifest lists it.
+///
+/// Every method returns a [`Decision`]: a verdict ([`Decision::next`], [`Decision::accept`],
+/// [`Decision::reject`], [`Decision::tempfail`], [`Decision::disconnect`]) plus edits. Edits
+/// must be of a kind the manifest lists and allowed at the stage, or the host treats the call
+/// as a fault and applies the plugin's `on_error` policy.
+pub trait Filter {
+    /// What the plugin is and needs. Called once when the host loads the plugin.
+    fn manifest() -> Manifest;
+
+    /// A client connected, before the greeting. Rejecting here makes the greeting a 554 and
+    /// every command but QUIT a 503.
+    fn on_connect(conn: &Connection) -> Decision {
+        let _ = conn;
+        Decision::next()
+    }
+
+    /// The client said HELO or EHLO.
+    fn on_ehlo(conn: &Connection, helo: &str) -> Decision {
+        let _ = (conn, helo);
+        Decision::next()
+    }
+
+    /// The client sent MAIL FROM. Allowed edit: set-sender (applied before MAIL is relayed).
+    fn on_mail(conn: &Connection, sender: &Address) -> Decision {
+        let _ = (conn, sender);
+        Decision::next()
+    }
+
+    /// The client sent RCPT TO; `envelope` holds what was accepted so far. Allowed edits:
+    /// add-recipient, remove-recipient (removing `recipient` itself means it is not relayed).
+    fn on_rcpt(conn: &Connection, envelope: &Envelope, recipient: &Address) -> Decision {
+        let _ = (conn, envelope, recipient);
+        Decision::next()
+    }
+
+    /// The whole message arrived, nothing of it has gone upstream yet. Every edit kind is
+    /// allowed; envelope edits make the host replay MAIL/RCPT upstream.
+    fn on_data(conn: &Connection, envelope: &Envelope, message: &Message) -> Decision {
+        let _ = (conn, envelope, message);
+        Decision::next()
+    }
+}
+
+/// Exports a [`Filter`] implementation as the plugin's component exports.
+#[macro_export]
+macro_rules! export {
+    ($filter:ty) => {
+        const _: () = {
+            struct __WasmtpExport;
+
+            impl $crate::bindings::Guest for __WasmtpExport {
+                fn manifest() -> $crate::Manifest {
+                    <$filter as $crate::Filter>::manifest()
+                }
+                fn on_connect(conn: $crate::Connection) -> $crate::Decision {
+                    <$filter as $crate::Filter>::on_connect(&conn)
+                }
+                fn on_ehlo(conn: $crate::Connection, helo: ::std::string::String) -> $crate::Decision {
+                    <$filter as $crate::Filter>::on_ehlo(&conn, &helo)
+                }
+                fn on_mail(conn: $crate::Connection, sender: $crate::Address) -> $crate::Decision {
+                    <$filter as $crate::Filter>::on_mail(&conn, &sender)
+                }
+                fn on_rcpt(
+                    conn: $crate::Connection,
+                    envelope: $crate::Envelope,
+                    recipient: $crate::Address,
+                ) -> $crate::Decision {
+                    <$filter as $crate::Filter>::on_rcpt(&conn, &envelope, &recipient)
+                }
+                fn on_data(
+                    conn: $crate::Connection,
+                    envelope: $crate::Envelope,
+                    message: $crate::Message,
+                ) -> $crate::Decision {
+                    <$filter as $crate::Filter>::on_data(&conn, &envelope, &message)
+                }
+            }
+
+    $crate::bindings::__export_filter!(__WasmtpExport with_types_in $crate::bindings);
+        };
+    };
+}
+
+impl Manifest {
+    /// A manifest with no stages, no body access and no edits; add them with the builders.
+    pub fn new(name: &str, version: &str) -> Self {
+        Manifest { name: name.into(), version: version.into(), stages: vec![], body: BodyAccess::None, edits: vec![] }
+    }
+
+    pub fn stages(mut self, stages: impl IntoIterator<Item = Stage>) -> Self {
+        self.stages.extend(stages);
+        self
+    }
+
+    pub fn body(mut self, body: BodyAccess) -> Self {
+        self.body = body;
+        self
+    }
+
+    pub fn edits(mut self, edits: impl IntoIterator<Item = EditKind>) -> Self {
+        self.edits.extend(edits);
+        self
+    }
+}
+
+impl Reply {
+    /// A one-line reply; `enhanced` such as "5.7.1" (or "" for the host's default).
+    pub fn new(code: u16, enhanced: &str, text: &str) -> Self {
+        Reply { code, enhanced: (!enhanced.is_empty()).then(|| enhanced.to_string()), lines: vec![text.to_string()] }
+    }
+
+    /// Adds another line of text.
+    pub fn line(mut self, text: &str) -> Self {
+        self.lines.push(text.to_string());
+        self
+    }
+}
+
+impl Decision {
+    /// No objection: the next plugin of the stage runs.
+    pub fn next() -> Self {
+        Decision { verdict: Verdict::Continue, edits: vec![] }
+    }
+
+    /// Accept at this stage: later plugins of the same stage are skipped.
+    pub fn accept() -> Self {
+        Decision { verdict: Verdict::Accept, edits: vec![] }
+    }
+
+    /// Refuse permanently (`code` 5xx).
+    pub fn reject(code: u16, enhanced: &str, text: &str) -> Self {
+        Decision { verdict: Verdict::Reject(Reply::new(code, enhanced, text)), edits: vec![] }
+    }
+
+    /// Refuse temporarily (`code` 4xx).
+    pub fn tempfail(code: u16, enhanced: &str, text: &str) -> Self {
+        Decision { verdict: Verdict::Tempfail(Reply::new(code, enhanced, text)), edits: vec![] }
+    }
+
+    /// Reply (4xx or 5xx) and close the connection.
+    pub fn disconnect(code: u16, enhanced: &str, text: &str) -> Self {
+        Decision { verdict: Verdict::Disconnect(Reply::new(code, enhanced, text)), edits: vec![] }
+    }
+
+    /// A decision with the given verdict reply, for multi-line replies built with [`Reply`].
+    pub fn with_verdict(verdict: Verdict) -> Self {
+        Decision { verdict, edits: vec![] }
+    }
+
+    /// Adds any edit.
+    pub fn edit(mut self, edit: Edit) -> Self {
+        self.edits.push(edit);
+        self
+    }
+
+    pub fn set_sender(self, mailbox: &str) -> Self {
+        self.edit(Edit::SetSender(Address { mailbox: mailbox.into(), params: vec![] }))
+    }
+
+    pub fn add_recipient(self, mailbox: &str) -> Self {
+        self.edit(Edit::AddRecipient(Address { mailbox: mailbox.into(), params: vec![] }))
+    }
+
+    pub fn remove_recipient(self, mailbox: &str) -> Self {
+        self.edit(Edit::RemoveRecipient(mailbox.into()))
+    }
+
+    pub fn add_header(self, name: &str, value: &str) -> Self {
+        self.edit(Edit::AddHeader(Header { name: name.into(), value: value.into() }))
+    }
+
+    pub fn insert_header(self, index: u32, name: &str, value: &str) -> Self {
+        self.edit(Edit::InsertHeader(HeaderInsert { index, header: Header { name: name.into(), value: value.into() } }))
+    }
+
+    /// Changes the `occurrence`-th (from 1) header called `name`.
+    pub fn change_header(self, name: &str, occurrence: u32, value: &str) -> Self {
+        self.edit(Edit::ChangeHeader(HeaderChange { name: name.into(), occurrence, value: value.into() }))
+    }
+
+    /// Removes the `occurrence`-th (from 1) header called `name`.
+    pub fn remove_header(self, name: &str, occurrence: u32) -> Self {
+        self.edit(Edit::RemoveHeader(HeaderRef { name: name.into(), occurrence }))
+    }
+
+    pub fn replace_body(self, body: Vec<u8>) -> Self {
+        self.edit(Edit::ReplaceBody(body))
+    }
+
+    pub fn quarantine(self, reason: &str) -> Self {
+        self.edit(Edit::Quarantine(reason.into()))
+    }
+}
+
+impl Message {
+    /// The value of the first header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str())
+    }
+
+    /// All values of headers called `name`, in order.
+    pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str())
+    }
+}
+
+impl Address {
+    /// The domain after the last `@`, if any.
+    pub fn domain(&self) -> Option<&str> {
+        self.mailbox.rsplit_once('@').map(|(_, d)| d)
+    }
+}
+
+/// Writes to the host's log, tagged with the plugin and session.
+pub fn log(level: Level, message: &str) {
+    wit_host::log(level, message);
+}
+
+/// The plugin's `config` table, deserialized. A missing table is `{}`.
+pub fn config<T: serde::de::DeserializeOwned>() -> Result<T, String> {
+    serde_json::from_str(&wit_host::config()).map_err(|e| format!("invalid plugin config: {e}"))
+}
+
+/// The plugin's `config` table as JSON text.
+pub fn config_json() -> String {
+    wit_host::config()
+}
+
+/// Per-transaction notes, private to the plugin.
+pub mod notes {
+    use super::wit_host;
+
+    pub fn get(key: &str) -> Option<String> {
+        wit_host::notes_get(key)
+    }
+
+    pub fn set(key: &str, value: &str) {
+        wit_host::notes_set(key, value)
+    }
+}
+
+/// The shared key-value store, private to the plugin, with optional expiry.
+pub mod kv {
+    use std::time::Duration;
+
+    use super::wit_host;
+
+    fn millis(ttl: Option<Duration>) -> Option<u64> {
+        ttl.map(|d| d.as_millis().min(u128::from(u64::MAX)) as u64)
+    }
+
+    pub fn get(key: &str) -> Option<Vec<u8>> {
+        wit_host::kv_get(key)
+    }
+
+    pub fn set(key: &str, value: &[u8], ttl: Option<Duration>) {
+        wit_host::kv_set(key, value, millis(ttl))
+    }
+
+    /// Adds `delta` to a counter; `ttl` applies when the counter is created (a fixed window).
+    pub fn incr(key: &str, delta: i64, ttl: Option<Duration>) -> i64 {
+        wit_host::kv_incr(key, delta, millis(ttl))
+    }
+}
+
+/// Parsing of structured MIME header values such as `Content-Type` and `Content-Disposition`.
+///
+/// ```
+/// use wasmtp_plugin::mime::HeaderValue;
+///
+/// let ct = HeaderValue::parse(r#"Multipart/Mixed; Boundary="a;b""#);
+/// assert_eq!(ct.value, "multipart/mixed");
+/// assert_eq!(ct.param("boundary").as_deref(), Some("a;b"));
+///
+/// let cd = HeaderValue::parse("attachment; filename*=utf-8''%E2%82%AC%20rates.pdf");
+/// assert_eq!(cd.param("filename").as_deref(), Some("€ rates.pdf"));
+/// ```
+pub mod mime {
+    /// A header value split into its main value and its parameters.
+    #[derive(Debug, Clone, Default, PartialEq, Eq)]
+    pub struct HeaderValue {
+        /// The part before the first `;`, trimmed and lowercased, e.g. `multipart/mixed`.
+        pub value: String,
+        /// The parameters in order: lowercased names, values unquoted but otherwise raw
+        /// (RFC 2231 forms such as `filename*0*` are kept as given; [`HeaderValue::param`]
+        /// decodes them).
+        pub params: Vec<(String, String)>,
+    }
+
+    impl HeaderValue {
+        /// Parses `type/subtype; name=value; name="quoted; value"`. Never fails: malformed
+        /// pieces are skipped.
+        pub fn parse(header_value: &str) -> Self {
+            let mut segments = split_outside_quotes(header_value).into_iter();
+            let value = segments.next().unwrap_or_default().trim().to_ascii_lowercase();
+            let params = segments
+                .filter_map(|segment| {
+                    let (name, value) = segment.split_once('=')?;
+                    let name = name.trim().to_ascii_lowercase();
+                    (!name.is_empty()).then(|| (name, unquote(value.trim())))
+                })
+                .collect();
+            HeaderValue { value, params }
+        }
+
+        /// The first parameter called exactly `name` (no RFC 2231 decoding).
+        pub fn get(&self, name: &str) -> Option<&str> {
+            self.params.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        }
+
+        /// The parameter `name`, preferring the RFC 2231 forms (`name*=charset'lang'value`,
+        /// continuations `name*0`, `name*1*`, ...) over the plain one. Encoded text is
+        /// percent-decoded and read as UTF-8 (invalid sequences become U+FFFD).
+        pub fn param(&self, name: &str) -> Option<String> {
+            let name = name.to_ascii_lowercase();
+            if let Some(v) = self.get(&format!("{name}*")) {
+                return Some(decode_extended(v));
+            }
+            // Continuations: name*0, name*1*, ... up to the first gap.
+            let mut bytes = Vec::new();
+            let mut found = false;
+            for index in 0..1000u32 {
+                let plain = format!("{name}*{index}");
+                if let Some(v) = self.get(&plain) {
+                    bytes.extend_from_slice(v.as_bytes());
+                } else if let Some(v) = self.get(&format!("{plain}*")) {
+                    // Only the first segment carries the charset'language' prefix.
+                    let v = if index == 0 { strip_charset(v) } else { v };
+                    bytes.extend(percent_decode(v));
+                } else {
+                    break;
+                }
+                found = true;
+            }
+            if found {
+                return Some(String::from_utf8_lossy(&bytes).into_owned());
+            }
+            self.get(&name).map(str::to_string)
+        }
+    }
+
+    /// Splits on `;` outside double quotes, keeping quotes and escapes in the pieces.
+    fn split_outside_quotes(s: &str) -> Vec<&str> {
+        let mut pieces = Vec::new();
+        let (mut start, mut quoted, mut escaped) = (0, false, false);
+        for (i, c) in s.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' if quoted => escaped = true,
+                '"' => quoted = !quoted,
+                ';' if !quoted => {
+                    pieces.push(&s[start..i]);
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        pieces.push(&s[start..]);
+        pieces
+    }
+
+    /// Removes surrounding quotes and backslash escapes; an unquoted value is returned as is.
+    fn unquote(v: &str) -> String {
+        let Some(rest) = v.strip_prefix('"') else {
+            return v.to_string();
+        };
+        let mut out = String::with_capacity(rest.len());
+        let mut chars = rest.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => break,
+                '\\' => out.extend(chars.next()),
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    /// `charset'lang'%xx...` to text.
+    fn decode_extended(v: &str) -> String {
+        String::from_utf8_lossy(&percent_decode(strip_charset(v))).into_owned()
+    }
+
+    /// Drops the `charset'language'` prefix of an RFC 2231 value, if present.
+    fn strip_charset(v: &str) -> &str {
+        let mut parts = v.splitn(3, '\'');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(_), Some(_), Some(rest)) => rest,
+            _ => v,
+        }
+    }
+
+    /// Decodes `%xx` escapes; a malformed escape is kept literally.
+    pub fn percent_decode(v: &str) -> Vec<u8> {
+        let bytes = v.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+                .and_then(|h| std::str::from_utf8(h).ok());
+            match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+                (b'%', Some(b)) => {
+                    out.push(b);
+                    i += 3;
+                }
+                (b, _) => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn parses_parameters() {
+            let v = HeaderValue::parse(
+                r#" Attachment ; FileName = "a \"b\".txt" ;broken; size=12; x*0*=us-ascii'en'a%2; x*1="b"; x*3=c"#,
+            );
+            assert_eq!(v.value, "attachment");
+            assert_eq!(v.get("filename"), Some(r#"a "b".txt"#));
+            assert_eq!(v.param("size").as_deref(), Some("12"));
+            assert_eq!(v.param("x").as_deref(), Some("a%2b")); // bad escape kept; stops at the gap
+            assert_eq!(HeaderValue::parse("").value, "");
+            assert_eq!(HeaderValue::parse("text/plain; name=\"unterminated").get("name"), Some("unterminated"));
+            assert_eq!(percent_decode("%41%+1%4"), b"A%+1%4");
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The plugin runtime: one wasmtime `Engine` per process with the sandbox recipe measured on
+//! this machine kind (../shared/notes/wasmtime-48-measured.md), its epoch ticker thread, the
+//! minimal WASI linker, and plugin loading (compile or cache → `InstancePre` → manifest).
+//!
+//! Recipe: epoch interruption with a 1 ms ticker; a 512 KiB wasm stack; the pooling allocator
+//! sized to plugin calls in flight (a semaphore in front, so an exhausted pool waits for a slot
+//! instead of failing); wasmtime's trimmed feature set (its defaults turn on the concurrent
+//! component-model machinery, which doubles the cost of a call). Plugins get only `wasi:io`,
+//! `wasi:cli`, `wasi:clocks` and `wasi:random`, with no environment, arguments, files or
+//! sockets; a plugin importing anything else fails to load.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::Semaphore;
+use wasmtime::component::{HasData, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime_wasi::cli::{WasiCli, WasiCliView};
+use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
+use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
+use wasmtime_wasi::{WasiView, p2::bindings as wasi};
+
+use super::bindings::{Filter, FilterPre};
+use super::cache::{CompileCache, Origin};
+use super::sandbox::CallState;
+
+/// Epoch tick: the resolution of plugin time limits.
+pub const TICK: Duration = Duration::from_millis(1);
+
+/// The engine, linker and ticker shared by all plugins.
+pub struct PluginEngine {
+    pub engine: Engine,
+    linker: Linker<CallState>,
+    pub in_flight: Arc<Semaphore>,
+    _ticker: Ticker,
+}
+
+impl std::fmt::Debug for PluginEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginEngine").finish_non_exhaustive()
+    }
+}
+
+impl PluginEngine {
+    /// `max_in_flight` calls may run at once, each with up to `max_memory` bytes of memory.
+    pub fn new(max_in_flight: u32, max_memory: u64) -> anyhow::Result<Self> {
+        let mut pool = PoolingAllocationConfig::default();
+        // A wasm32-wasip2 Rust component uses several core instances (main module, adapters,
+        // shims) and a few tables and memories per component instance.
+        pool.total_component_instances(max_in_flight)
+            .total_core_instances(max_in_flight * 8)
+            .total_memories(max_in_flight * 2)
+            .total_tables(max_in_flight * 4)
+            .total_stacks(max_in_flight)
+            .max_memory_size(max_memory as usize);
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .max_wasm_stack(512 << 10)
+            .async_stack_size(1 << 20)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot create the plugin engine: {e:#}"))?;
+        let mut linker = Linker::<CallState>::new(&engine);
+        link_minimal_wasi(&mut linker).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        Filter::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let ticker = Ticker::start(engine.clone());
+        Ok(Self { engine, linker, in_flight: Arc::new(Semaphore::new(max_in_flight as usize)), _ticker: ticker })
+    }
+
+    /// Compiles (or loads from the cache) and links a plugin component.
+    pub fn prepare(&self, wasm: &[u8], cache: &CompileCache) -> anyhow::Result<(FilterPre<CallState>, Origin)> {
+        let (component, origin) = cache.load(&self.engine, wasm)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let pre = FilterPre::new(pre)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .context("the component does not export the wasmtp:filter world")?;
+        Ok((pre, origin))
+    }
+}
+
+/// `wasi:io` bindings work on the resource table alone.
+struct HasIo;
+
+impl HasData for HasIo {
+    type Data<'a> = &'a mut ResourceTable;
+}
+
+/// Links the WASI interfaces a std Rust guest imports and nothing more: no filesystem, no
+/// sockets. Measured: what is linked does not change the cost of a call.
+fn link_minimal_wasi(l: &mut Linker<CallState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi_io::bindings::wasi::io;
+    io::error::add_to_linker::<CallState, HasIo>(l, |t| t.ctx().table)?;
+    io::poll::add_to_linker::<CallState, HasIo>(l, |t| t.ctx().table)?;
+    io::streams::add_to_linker::<CallState, HasIo>(l, |t| t.ctx().table)?;
+    wasi::cli::exit::add_to_linker::<CallState, WasiCli>(l, CallState::cli)?;
+    wasi::cli::environment::add_to_linker::<CallState, WasiCli>(l, CallState::cli)?;
+    wasi::cli::stdin::add_to_linker::<CallState, WasiCli>(l, CallState::cli)?;
+    wasi::cli::stdout::add_to_linker::<CallState, WasiCli>(l, CallState::cli)?;
+    wasi::cli::stderr::add_to_linker::<CallState, WasiCli>(l, CallState::cli)?;
+    wasi::cli::terminal_input::add_to_linker::<CallState, WasiCli>(l, CallState::cli)?;
+    wasi::cli::terminal_output::add_to_linker::<CallState, WasiCli>(l, CallState::cli)?;
+    wasi::cli::terminal_stdin::add_to_linker::<CallState, WasiCli>(l, CallState::cli)?;
+    wasi::cli::terminal_stdout::add_to_linker::<CallState, WasiCli>(l, CallState::cli)?;
+    wasi::cli::terminal_stderr::add_to_linker::<CallState, WasiCli>(l, CallState::cli)?;
+    wasi::clocks::wall_clock::add_to_linker::<CallState, WasiClocks>(l, CallState::clocks)?;
+    wasi::clocks::monotonic_clock::add_to_linker::<CallState, WasiClocks>(l, CallState::clocks)?;
+    wasi::random::random::add_to_linker::<CallState, WasiRandom>(l, CallState::random)?;
+    wasi::random::insecure::add_to_linker::<CallState, WasiRandom>(l, CallState::random)?;
+    wasi::random::insecure_seed::add_to_linker::<CallState, WasiRandom>(l, CallState::random)?;
+    Ok(())
+}
+
+/// The thread that advances the engine's epoch every [`TICK`]; stopped when dropped.
+struct Ticker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("wasmtp-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawn the epoch ticker thread");
+        Self { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
