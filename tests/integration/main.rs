@@ -8,5 +8,6 @@ mod clients;
 mod happy_path;
 mod lifecycle;
 mod limits;
+mod plugins;
 mod smuggling;
 mod upstream_faults;

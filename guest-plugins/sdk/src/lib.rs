@@ -9,37 +9,11 @@
 //! in [`notes`] (per transaction) or [`kv`] (shared, with expiry). Read your settings with
 //! [`config`].
 //!
+//! The complete example below is `fixtures/sdk-example` in this repository, built and tested
+//! by the host's test suite as it stands here:
+//!
 //! ```no_run
-//! use wasmtp_plugin::{export, Address, BodyAccess, Connection, Decision, EditKind, Filter, Manifest, Stage};
-//!
-//! /// Refuses mail from one domain and stamps everything else.
-//! struct Bouncer;
-//!
-//! impl Filter for Bouncer {
-//!     fn manifest() -> Manifest {
-//!         Manifest::new("bouncer", "1.0.0")
-//!             .stages([Stage::Mail, Stage::Data])
-//!             .body(BodyAccess::Headers)
-//!             .edits([EditKind::AddHeader])
-//!     }
-//!
-//!     fn on_mail(_conn: &Connection, sender: &Address) -> Decision {
-//!         if sender.mailbox.ends_with("@spam.example") {
-//!             return Decision::reject(550, "5.7.1", "Mail from spam.example is refused");
-//!         }
-//!         Decision::next()
-//!     }
-//!
-//!     fn on_data(
-//!         _conn: &Connection,
-//!         _envelope: &wasmtp_plugin::Envelope,
-//!         _message: &wasmtp_plugin::Message,
-//!     ) -> Decision {
-//!         Decision::next().add_header("X-Bouncer", "checked")
-//!     }
-//! }
-//!
-//! export!(Bouncer);
+#![doc = include_str!("../../fixtures/sdk-example/src/lib.rs")]
 //! ```
 //!
 //! Build it as a `cdylib` for `wasm32-wasip2` (`cargo build --release --target wasm32-wasip2`)

@@ -29,8 +29,15 @@ pub struct TestProxy {
 impl TestProxy {
     /// Starts the proxy with `toml` as its configuration file and `upstream` as its upstream URL.
     pub async fn start(toml: &str, upstream: &str) -> Self {
-        let mut config = wasmtp::Config::parse(toml).expect("test config is valid");
+        Self::start_with(wasmtp::Config::parse(toml).expect("test config is valid"), upstream).await
+    }
+
+    /// Starts the proxy with a configuration built by the test.
+    pub async fn start_with(mut config: wasmtp::Config, upstream: &str) -> Self {
         config.upstream.url = Some(upstream.parse().expect("upstream url"));
+        if config.sandbox.cache_dir.is_none() {
+            config.sandbox.cache_dir = Some(shared_compile_cache());
+        }
         config.server.hostname = Some("proxy.test".into());
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
@@ -61,6 +68,31 @@ impl TestProxy {
     pub async fn join(&mut self) {
         tokio::time::timeout(WAIT, &mut self.task).await.expect("server stops").unwrap().unwrap();
     }
+}
+
+/// One compile cache for the whole test run, so each plugin is compiled once.
+pub fn shared_compile_cache() -> std::path::PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path().to_path_buf()
+}
+
+/// A `[[plugins]]` entry for a test: `config` is the plugin's free-form table.
+pub fn plugin(name: &str, wasm: &str, config: serde_json::Value) -> wasmtp::config::PluginConfig {
+    wasmtp::config::PluginConfig {
+        name: name.into(),
+        path: wasm.into(),
+        on_error: Default::default(),
+        limits: Default::default(),
+        breaker: Default::default(),
+        config: serde_json::from_value(config).expect("plugin config is a table"),
+    }
+}
+
+/// A default configuration with these plugins, in order.
+pub fn with_plugins(plugins: Vec<wasmtp::config::PluginConfig>) -> wasmtp::Config {
+    let mut config = wasmtp::Config::parse("[timeouts]\nidle = \"60s\"\n").unwrap();
+    config.plugins = plugins;
+    config
 }
 
 /// A free loopback port for programs that cannot take port 0.

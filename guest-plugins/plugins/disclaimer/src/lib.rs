@@ -3,7 +3,8 @@
 //! - A single-part `text/*` message (or one without `Content-Type`) in 7bit, 8bit or
 //!   quoted-printable gets the footer after a `-- ` separator line (encoded as
 //!   quoted-printable when the body is).
-//! - A multipart message gets a new `text/plain` part before its closing boundary.
+//! - A multipart message gets a new `text/plain` part before its closing boundary, except
+//!   `multipart/alternative`, where readers would show only the new part.
 //! - Anything else (base64 or binary bodies, non-text single parts, a multipart without a
 //!   closing boundary) is left alone, and so is a body the plugin did not see whole
 //!   (`body-truncated`): a body is never replaced with a cut copy.
@@ -80,6 +81,10 @@ fn stamp(text: &str, message: &Message) -> Result<Vec<u8>, (Level, String)> {
 
     let content_type = message.header("Content-Type").map(HeaderValue::parse).unwrap_or_default();
     let encoding = message.header("Content-Transfer-Encoding").unwrap_or("").trim().to_ascii_lowercase();
+    if content_type.value == "multipart/alternative" {
+        // Readers show the last alternative they can render: a new part would replace the text.
+        return skip(Level::Info, "multipart/alternative is left alone");
+    }
     let new_body = if content_type.value.starts_with("multipart/") {
         let Some(boundary) = content_type.param("boundary").filter(|b| !b.is_empty()) else {
             return skip(Level::Info, "multipart without boundary");
