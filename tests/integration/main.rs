@@ -9,5 +9,6 @@ mod happy_path;
 mod lifecycle;
 mod limits;
 mod plugins;
+mod sandbox;
 mod smuggling;
 mod upstream_faults;

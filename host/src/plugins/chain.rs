@@ -159,7 +159,7 @@ impl Plugins {
                         stage = ?S::STAGE,
                         fault = %fault.kind,
                         detail = %fault.detail,
-                        stderr = %fault.stderr,
+                        stderr = ?fault.stderr,
                         latency_us,
                         on_error = ?plugin.on_error,
                         "plugin fault"
