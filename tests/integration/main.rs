@@ -5,6 +5,7 @@
 mod support;
 
 mod clients;
+mod examples;
 mod happy_path;
 mod lifecycle;
 mod limits;
