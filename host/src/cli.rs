@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, LogFormat, UpstreamUrl};
+use crate::plugins::Plugins;
 
 #[derive(Debug, Parser)]
 #[command(name = "wasmtp", version, about = "A WebAssembly SMTP filtering proxy")]
@@ -34,6 +35,9 @@ enum Commands {
     CheckConfig {
         /// TOML configuration file.
         file: PathBuf,
+        /// Only check the file itself; do not compile and load the plugins it lists.
+        #[arg(long)]
+        no_plugins: bool,
     },
 }
 
@@ -54,16 +58,27 @@ pub fn main() -> anyhow::Result<()> {
             init_logging(&config);
             serve(config)
         }
-        Commands::CheckConfig { file } => {
+        Commands::CheckConfig { file, no_plugins } => {
             let config = Config::load(&file)?;
+            let upstream_note = if config.upstream.url.is_none() { " (default)" } else { "" };
             println!("{}: ok", file.display());
             println!("  listen:   {}", config.server.listen);
-            println!(
-                "  upstream: {}{}",
-                config.upstream_url(),
-                if config.upstream.url.is_none() { " (default)" } else { "" }
-            );
+            println!("  upstream: {}{upstream_note}", config.upstream_url());
             println!("  hostname: {}", config.hostname());
+            if no_plugins || config.plugins.is_empty() {
+                return Ok(());
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (plugins, reports) = runtime.block_on(Plugins::load(&config))?;
+            for (report, plugin) in reports.iter().zip(plugins.list()) {
+                println!(
+                    "  plugin {}: {} ({:?}, {:.1} ms)",
+                    report.name,
+                    crate::plugins::describe(&plugin.manifest),
+                    report.origin,
+                    report.elapsed.as_secs_f64() * 1000.0
+                );
+            }
             Ok(())
         }
     }

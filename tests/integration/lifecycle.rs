@@ -203,7 +203,35 @@ async fn check_config_names_the_file_and_the_field() {
 
     for example in ["quickstart.toml", "in-front-of-postfix.toml"] {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/").to_string() + example;
-        let out = Command::new(env!("CARGO_BIN_EXE_wasmtp")).arg("check-config").arg(&path).output().await.unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_wasmtp"))
+            .args(["check-config", "--no-plugins"])
+            .arg(&path)
+            .output()
+            .await
+            .unwrap();
         assert!(out.status.success(), "{example}: {}", String::from_utf8_lossy(&out.stderr));
     }
+
+    // With plugins, check-config compiles and loads them and shows their manifests.
+    let with_plugin = dir.path().join("plugins.toml");
+    let cache = dir.path().join("cache");
+    let text = format!(
+        "[sandbox]\ncache_dir = {cache:?}\n[[plugins]]\nname = \"stamper\"\npath = {:?}\n[[plugins]]\nname = \"missing\"\npath = \"nope.wasm\"\n",
+        wasmtp_test_artifacts::HEADER_STAMPER
+    );
+    std::fs::write(&with_plugin, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wasmtp")).arg("check-config").arg(&with_plugin).output().await.unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("plugin `missing` (nope.wasm)"), "{err}");
+    let good = std::fs::read_to_string(&with_plugin).unwrap();
+    std::fs::write(&with_plugin, &good[..good.rfind("[[plugins]]").unwrap()]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wasmtp")).arg("check-config").arg(&with_plugin).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("plugin stamper: header-stamper")
+            && stdout.contains("stages data; body headers; edits add-header,remove-header"),
+        "{stdout}"
+    );
 }

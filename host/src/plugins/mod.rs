@@ -62,6 +62,35 @@ pub struct Plugins {
     kv: Arc<KvStore>,
 }
 
+/// A manifest in words: `name version: stages data,rcpt; body headers; edits add-header`.
+pub fn describe(m: &Manifest) -> String {
+    fn words<T: std::fmt::Debug>(items: &[T]) -> String {
+        if items.is_empty() {
+            return "none".into();
+        }
+        items.iter().map(|i| kebab(&format!("{i:?}"))).collect::<Vec<_>>().join(",")
+    }
+    fn kebab(debug: &str) -> String {
+        let name = debug.rsplit("::").next().unwrap_or(debug);
+        let mut out = String::new();
+        for (i, c) in name.chars().enumerate() {
+            if c.is_uppercase() && i > 0 {
+                out.push('-');
+            }
+            out.push(c.to_ascii_lowercase());
+        }
+        out
+    }
+    format!(
+        "{} {}: stages {}; body {}; edits {}",
+        m.name,
+        m.version,
+        words(&m.stages),
+        kebab(&format!("{:?}", m.body)),
+        words(&m.edits)
+    )
+}
+
 /// What loading reports, for logs and tests.
 #[derive(Debug, Clone)]
 pub struct LoadReport {
@@ -97,11 +126,7 @@ impl Plugins {
             let elapsed = started.elapsed();
             tracing::info!(
                 plugin = %plugin.name,
-                manifest = %plugin.manifest.name,
-                version = %plugin.manifest.version,
-                stages = ?plugin.manifest.stages,
-                body = ?plugin.manifest.body,
-                edits = ?plugin.manifest.edits,
+                manifest = %describe(&plugin.manifest),
                 ?origin,
                 load_ms = elapsed.as_secs_f64() * 1000.0,
                 "plugin loaded"
@@ -114,6 +139,11 @@ impl Plugins {
 
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
+    }
+
+    /// The plugins in chain order.
+    pub fn list(&self) -> &[Plugin] {
+        &self.list
     }
 
     /// Some plugin is called at `stage`.
