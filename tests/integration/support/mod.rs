@@ -90,9 +90,7 @@ pub fn plugin(name: &str, wasm: &str, config: serde_json::Value) -> wasmtp::conf
 
 /// A default configuration with these plugins, in order.
 pub fn with_plugins(plugins: Vec<wasmtp::config::PluginConfig>) -> wasmtp::Config {
-    let mut config = wasmtp::Config::default();
-    config.plugins = plugins;
-    config
+    wasmtp::Config { plugins, ..Default::default() }
 }
 
 /// A free loopback port for programs that cannot take port 0.

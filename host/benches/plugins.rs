@@ -1,0 +1,244 @@
+//! Plugin runtime costs, printed as figures and as ratios to their targets (a benchmark prints,
+//! it never fails): `cargo bench -p wasmtp --bench plugins`.
+//!
+//! 1. One small stage call including a fresh sandbox (instantiate, call, drop): p50 and p99,
+//!    against an empty chain measured in the same run.
+//! 2. `on-data` with a 1 MiB body including its fresh sandbox.
+//! 3. How long past its budget a spinning plugin keeps running.
+//! 4. A restart of the real binary with 5 plugins and a warm compile cache: time to the first
+//!    accepted connection, against the same binary without plugins.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use wasmtp::Config;
+use wasmtp::config::PluginConfig;
+use wasmtp::message::HeaderSection;
+use wasmtp::plugins::Plugins;
+use wasmtp::plugins::chain::{DataState, MailState, Outcome, PluginSession};
+use wasmtp::smtp::Mailbox;
+use wasmtp_test_artifacts as wasm;
+
+fn plugin(name: &str, path: &str, config: serde_json::Value) -> PluginConfig {
+    PluginConfig {
+        name: name.into(),
+        path: path.into(),
+        on_error: Default::default(),
+        limits: Default::default(),
+        breaker: Default::default(),
+        config: serde_json::from_value(config).unwrap(),
+    }
+}
+
+fn config_with(plugins: Vec<PluginConfig>, cache: &std::path::Path) -> Config {
+    let mut config = Config { plugins, ..Default::default() };
+    config.sandbox.cache_dir = Some(cache.to_path_buf());
+    config
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+async fn mail_call_latencies(plugins: &Plugins, n: usize) -> Vec<Duration> {
+    let mut session = PluginSession::new("bench", "127.0.0.1:1".parse().unwrap());
+    let sender = Mailbox::parse("someone@example.org", false, false).unwrap();
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut state = MailState { sender: sender.clone(), params: vec![], utf8: false };
+        let started = Instant::now();
+        let outcome = plugins.run(&mut session, &mut state).await;
+        samples.push(started.elapsed());
+        assert_eq!(outcome, Outcome::Continue);
+    }
+    samples.sort();
+    samples
+}
+
+async fn stage_call(cache: &std::path::Path) {
+    let empty = Plugins::none();
+    let (one, _) =
+        Plugins::load(&config_with(vec![plugin("bouncer", wasm::SDK_EXAMPLE, json!({}))], cache)).await.unwrap();
+    mail_call_latencies(&one, 500).await; // warm-up
+    let base = mail_call_latencies(&empty, 20_000).await;
+    let calls = mail_call_latencies(&one, 20_000).await;
+    let (p50, p99) = (percentile(&calls, 0.5), percentile(&calls, 0.99));
+    println!("1. mail stage, one plugin, fresh sandbox per call (20000 calls):");
+    println!("   empty chain p50 {:.2} us (baseline)", us(percentile(&base, 0.5)));
+    println!(
+        "   plugin call  p50 {:.1} us ({:.2}x the 25 us target), p99 {:.1} us ({:.2}x the 100 us target), max {:.1} us",
+        us(p50),
+        us(p50) / 25.0,
+        us(p99),
+        us(p99) / 100.0,
+        us(*calls.last().unwrap())
+    );
+}
+
+async fn data_call(cache: &std::path::Path) {
+    let hostile = plugin("reader", wasm::HOSTILE, json!({"behaviour": "ok", "stages": ["data"], "body": "full"}));
+    let (plugins, _) = Plugins::load(&config_with(vec![hostile], cache)).await.unwrap();
+    let mut message = b"From: a@example.org\r\nSubject: bench\r\n\r\n".to_vec();
+    while message.len() < (1 << 20) + 40 {
+        message.extend_from_slice(b"a line of text of a typical length for a message body, more or less.\r\n");
+    }
+    let headers = HeaderSection::parse(&message);
+    let body = Arc::new(message[headers.body_offset as usize..].to_vec());
+    let mut session = PluginSession::new("bench", "127.0.0.1:1".parse().unwrap());
+    let mut samples = Vec::new();
+    for i in 0..220 {
+        let mut state = DataState {
+            sender: Mailbox::parse("a@example.org", false, false).unwrap(),
+            recipients: vec![Mailbox::parse("b@example.org", false, true).unwrap()],
+            headers: headers.clone(),
+            replaced_body: None,
+            quarantine: None,
+            envelope_changed: false,
+            utf8: false,
+            original_body: body.clone(),
+            original_body_len: body.len() as u64,
+            max_size: 50 << 20,
+        };
+        let started = Instant::now();
+        let outcome = plugins.run(&mut session, &mut state).await;
+        if i >= 20 {
+            samples.push(started.elapsed());
+        }
+        assert_eq!(outcome, Outcome::Continue);
+    }
+    samples.sort();
+    let p50 = percentile(&samples, 0.5);
+    println!("2. data stage, 1 MiB body, full body access, fresh sandbox per call (200 calls):");
+    println!(
+        "   p50 {:.0} us ({:.2}x the 1 ms target), p99 {:.0} us",
+        us(p50),
+        us(p50) / 1000.0,
+        us(percentile(&samples, 0.99))
+    );
+}
+
+async fn spin_overshoot(cache: &std::path::Path) {
+    let budget = Duration::from_millis(20);
+    let mut spinner = plugin("spinner", wasm::HOSTILE, json!({"behaviour": "spin"}));
+    spinner.limits.time = budget;
+    spinner.on_error = wasmtp::config::OnError::Tempfail;
+    spinner.breaker.failures = u32::MAX;
+    let (plugins, _) = Plugins::load(&config_with(vec![spinner], cache)).await.unwrap();
+    let mut session = PluginSession::new("bench", "127.0.0.1:1".parse().unwrap());
+    let sender = Mailbox::parse("someone@example.org", false, false).unwrap();
+    let mut over = Vec::new();
+    for _ in 0..50 {
+        let mut state = MailState { sender: sender.clone(), params: vec![], utf8: false };
+        let started = Instant::now();
+        let outcome = plugins.run(&mut session, &mut state).await;
+        over.push(started.elapsed().saturating_sub(budget));
+        assert!(matches!(outcome, Outcome::Tempfail(_)));
+    }
+    over.sort();
+    println!("3. spinning plugin, 20 ms budget (50 calls): stopped after the budget by");
+    println!(
+        "   p50 {:.2} ms, max {:.2} ms ({:.2}x the 2 ms target)",
+        percentile(&over, 0.5).as_secs_f64() * 1e3,
+        over.last().unwrap().as_secs_f64() * 1e3,
+        over.last().unwrap().as_secs_f64() * 1e3 / 2.0
+    );
+}
+
+/// Starts the binary and returns the time until it greets a client.
+fn time_to_first_greeting(config: &std::path::Path) -> Duration {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wasmtp"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .args(["--listen", &addr.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = started + Duration::from_secs(30);
+    let elapsed = loop {
+        assert!(Instant::now() < deadline, "wasmtp did not start");
+        if let Ok(mut stream) = std::net::TcpStream::connect(addr) {
+            use std::io::Read;
+            let mut greeting = [0u8; 3];
+            if stream.read_exact(&mut greeting).is_ok() && &greeting == b"220" {
+                break started.elapsed();
+            }
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    elapsed
+}
+
+fn restart(cache: &std::path::Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let maildir = dir.path().join("mail");
+    let bare = dir.path().join("bare.toml");
+    std::fs::write(&bare, format!("[upstream]\nurl = \"maildir:{}\"\n", maildir.display())).unwrap();
+    let five = dir.path().join("five.toml");
+    let mut text = format!("[upstream]\nurl = \"maildir:{}\"\n[sandbox]\ncache_dir = {cache:?}\n", maildir.display());
+    for (name, path) in [
+        ("ratelimit", wasm::RATE_LIMITER),
+        ("rewriter", wasm::ADDRESS_REWRITER),
+        ("guard", wasm::CONTENT_GUARD),
+        ("stamper", wasm::HEADER_STAMPER),
+        ("disclaimer", wasm::DISCLAIMER),
+    ] {
+        text.push_str(&format!("[[plugins]]\nname = \"{name}\"\npath = {path:?}\n"));
+    }
+    std::fs::write(&five, text).unwrap();
+    let cold = time_to_first_greeting(&five); // fills the cache
+    let mut warm: Vec<_> = (0..5).map(|_| time_to_first_greeting(&five)).collect();
+    let mut base: Vec<_> = (0..5).map(|_| time_to_first_greeting(&bare)).collect();
+    warm.sort();
+    base.sort();
+    let (warm, base) = (warm[2], base[2]);
+    println!("4. restart to first greeting (median of 5): no plugins {:.1} ms (baseline),", base.as_secs_f64() * 1e3);
+    println!(
+        "   5 plugins warm cache {:.1} ms ({:.2}x baseline, {:.2}x the 300 ms target); cold compile {:.0} ms",
+        warm.as_secs_f64() * 1e3,
+        warm.as_secs_f64() / base.as_secs_f64(),
+        warm.as_secs_f64() / 0.3,
+        cold.as_secs_f64() * 1e3
+    );
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` runs this as a quick smoke run.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    if quick {
+        println!("plugins bench: skipped outside `cargo bench`");
+        return;
+    }
+    println!("wasmtp plugin runtime benchmark; load average {}", loadavg());
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        stage_call(cache.path()).await;
+        data_call(cache.path()).await;
+        spin_overshoot(cache.path()).await;
+    });
+    restart(cache.path());
+    println!("load average {}", loadavg());
+}
