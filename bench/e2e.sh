@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# End-to-end benchmark, all on loopback in one run: direct to Postfix's smtp-sink (the physical
+# limit for a proxy), wasmtp without plugins, wasmtp with three example plugins (an RCPT
+# rewriter, a DATA header stamper, a content guard), and Haraka as a lockstep proxy to the same
+# sink. Driven by Postfix's smtp-source through bench/peers.sh (one TCP connection per message,
+# repeated, medians, ratios to direct measured back to back). Prints figures; never fails on them.
+#
+#   bench/e2e.sh                  # REPS=3, the cases of the benchmark issue
+#   REPS=1 CASES="1:5120:500" bench/e2e.sh
+#
+# Needs postfix (smtp-sink, smtp-source; scripts/setup --test installs it) and node/npm for
+# Haraka (peers.sh installs Haraka with npm under $W). Leaves nothing running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export W=${W:-/tmp/wasmtp-bench}
+export REPS=${REPS:-3}
+export CASES=${CASES:-"1:5120:1000 10:5120:3000 50:5120:5000 10:102400:2000 10:1048576:300 50:1048576:300"}
+export TAG=${TAG:-wasmtp-$(date +%Y%m%d-%H%M%S)}
+export RESULTS=${RESULTS:-$W/results.csv}
+BARE_PORT=2540
+PLUGINS_PORT=2541
+mkdir -p "$W"
+
+scripts/setup --test
+(cd guest-plugins && cargo build --release --locked -q)
+cargo build --release --locked -q -p wasmtp
+GUESTS=$ROOT/guest-plugins/target/wasm32-wasip2/release
+
+ulimit -n 65536 2>/dev/null || true
+cleanup() {
+  for f in wasmtp wasmtp3; do
+    if [ -f "$W/$f.pid" ]; then kill "$(cat "$W/$f.pid")" 2>/dev/null || true; rm -f "$W/$f.pid"; fi
+  done
+  bash bench/peers.sh stop || true
+}
+trap cleanup EXIT
+
+bash bench/peers.sh setup
+
+cat >"$W/wasmtp.toml" <<CONF
+[server]
+listen = "127.0.0.1:$BARE_PORT"
+hostname = "bench.localhost"
+max_connections = 20000
+[upstream]
+url = "smtp://127.0.0.1:2526"
+[log]
+level = "warn"
+CONF
+
+cat >"$W/wasmtp3.toml" <<CONF
+[server]
+listen = "127.0.0.1:$PLUGINS_PORT"
+hostname = "bench.localhost"
+max_connections = 20000
+[upstream]
+url = "smtp://127.0.0.1:2526"
+[sandbox]
+cache_dir = "$W/cache"
+[log]
+level = "warn"
+
+[[plugins]]
+name = "rewriter"
+path = "$GUESTS/address_rewriter.wasm"
+[plugins.config]
+aliases = { "b@example.org" = "b@example.com", "team@example.org" = ["a@example.org", "b@example.org"] }
+
+[[plugins]]
+name = "stamper"
+path = "$GUESTS/header_stamper.wasm"
+[plugins.config]
+add = { "X-Filtered-By" = "wasmtp" }
+
+[[plugins]]
+name = "guard"
+path = "$GUESTS/content_guard.wasm"
+CONF
+
+start_wasmtp() { # name config port
+  (exec setsid "$ROOT/target/release/wasmtp" serve --config "$2" </dev/null >"$W/$1.log" 2>&1) &
+  echo $! >"$W/$1.pid"
+  local i
+  for i in $(seq 1 150); do
+    if (exec 3<>/dev/tcp/127.0.0.1/"$3") 2>/dev/null; then echo "$1 pid $(cat "$W/$1.pid") on 127.0.0.1:$3" >&2; return 0; fi
+    sleep 0.2
+  done
+  echo "$1 did not start; its log:" >&2
+  cat "$W/$1.log" >&2
+  return 1
+}
+start_wasmtp wasmtp "$W/wasmtp.toml" $BARE_PORT
+start_wasmtp wasmtp3 "$W/wasmtp3.toml" $PLUGINS_PORT
+
+export TARGETS="direct:2526 haraka:2525:$W/haraka.pid wasmtp:$BARE_PORT:$W/wasmtp.pid wasmtp3:$PLUGINS_PORT:$W/wasmtp3.pid"
+bash bench/peers.sh bench | tee "$W/$TAG.summary.md"
+
+echo
+echo "## wasmtp against its targets (tag $TAG; $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg))"
+python3 bench/ratios.py "$RESULTS" "$TAG" | tee -a "$W/$TAG.summary.md"
+
+echo
+echo "## Memory per session"
+python3 bench/sessions.py $BARE_PORT "$(cat "$W/wasmtp.pid")" 10000 | tee -a "$W/$TAG.summary.md"
+python3 bench/sessions.py $PLUGINS_PORT "$(cat "$W/wasmtp3.pid")" 10000 | tee -a "$W/$TAG.summary.md"

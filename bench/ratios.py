@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Prints wasmtp's figures against direct delivery and Haraka from peers.sh's results.csv:
+messages/s ratios (paired per repetition, medians), proxy CPU per 1000 messages and per
+1000 MiB, and peak RSS, next to the targets of the benchmark issue.
+
+usage: ratios.py RESULTS.csv TAG"""
+import csv
+import statistics as st
+import sys
+from collections import defaultdict
+
+rows = [r for r in csv.DictReader(open(sys.argv[1])) if r["tag"] == sys.argv[2] and r["status"] == "ok"]
+by = {(r["rep"], r["conc"], r["size"], r["target"]): r for r in rows}
+cases = sorted({(int(r["conc"]), int(r["size"])) for r in rows}, key=lambda c: (c[1], c[0]))
+
+
+def ratio(target, base, conc, size):
+    v = []
+    for (rep, c, s, t), r in by.items():
+        if t == target and int(c) == conc and int(s) == size:
+            b = by.get((rep, c, s, base))
+            if b:
+                v.append(float(r["e2e_mps"]) / float(b["e2e_mps"]))
+    return st.median(v) if v else float("nan")
+
+
+def med(target, conc, size, key):
+    v = [float(r[key]) for r in rows if r["target"] == target and int(r["conc"]) == conc and int(r["size"]) == size]
+    return st.median(v) if v else float("nan")
+
+
+def target_ratio(conc, size):
+    if size >= 100 * 1024:
+        return 0.6
+    return 0.5 if conc == 1 else 0.4
+
+
+print("| case | direct msg/s | wasmtp msg/s | wasmtp+3 plugins msg/s | Haraka msg/s | +3 plugins / direct (target) "
+      "| +3 plugins / Haraka (target 5) | no plugins / direct | proxy CPU s per 1000 msgs (+3 plugins) "
+      "| CPU s per 1000 MiB | peak RSS MiB (+3 plugins) |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for conc, size in cases:
+    n = med("wasmtp3", conc, size, "count")
+    cpu = med("wasmtp3", conc, size, "server_cpu")
+    per_msg = cpu * 1000 / n if n == n and n else float("nan")
+    per_mib = cpu * 1000 / (n * size / 2**20) if n == n and n else float("nan")
+    rss = max([float(r["server_rss_kb"]) for r in rows if r["target"] == "wasmtp3" and int(r["conc"]) == conc
+               and int(r["size"]) == size] or [float("nan")]) / 1024
+    print(f"| c={conc}, {size // 1024} KiB | {med('direct', conc, size, 'e2e_mps'):.0f} | "
+          f"{med('wasmtp', conc, size, 'e2e_mps'):.0f} | {med('wasmtp3', conc, size, 'e2e_mps'):.0f} | "
+          f"{med('haraka', conc, size, 'e2e_mps'):.0f} | "
+          f"{ratio('wasmtp3', 'direct', conc, size):.2f} (≥ {target_ratio(conc, size)}) | "
+          f"{ratio('wasmtp3', 'haraka', conc, size):.1f} | {ratio('wasmtp', 'direct', conc, size):.2f} | "
+          f"{per_msg:.2f} | {per_mib:.1f} | {rss:.0f} |")
