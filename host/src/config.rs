@@ -125,6 +125,13 @@ pub struct UpstreamConfig {
     /// minutes a client waits (RFC 5321 §4.5.3.2.6).
     #[serde(with = "duration")]
     pub data_timeout: Duration,
+    /// Idle upstream connections kept for reuse by later sessions (0 = a new connection for
+    /// every session). Saves the connect, greeting and EHLO round trips per message.
+    pub pool_size: usize,
+    /// How long a pooled connection may sit idle before it is dropped; keep it below the
+    /// upstream's own idle timeout (Postfix: 300s).
+    #[serde(with = "duration")]
+    pub pool_idle: Duration,
 }
 
 impl Default for UpstreamConfig {
@@ -135,6 +142,8 @@ impl Default for UpstreamConfig {
             connect_timeout: Duration::from_secs(15),
             command_timeout: Duration::from_secs(60),
             data_timeout: Duration::from_secs(300),
+            pool_size: 32,
+            pool_idle: Duration::from_secs(30),
         }
     }
 }

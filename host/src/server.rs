@@ -102,6 +102,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             sessions.abort_all();
         }
     }
+    ctx.upstream.close_idle().await;
     tracing::info!("stopped");
     Ok(())
 }

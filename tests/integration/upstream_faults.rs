@@ -186,3 +186,32 @@ async fn sessions_connect_upstream_only_for_mail() {
     c.cmd("QUIT", 221).await;
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_reused_across_sessions() {
+    let up = Recorder::start(Script::default()).await;
+    let proxy = TestProxy::start_pooled(wasmtp::Config::parse(FAST).unwrap(), &up.url()).await;
+    up.closed_connections(1).await; // the start-up probe
+    for i in 0..3 {
+        let mut c = proxy.client().await;
+        c.greet().await;
+        let reply = c.send_mail("a@example.org", &["b@example.net"], &stuff(b"Subject: pooled\r\n\r\nx\r\n")).await;
+        assert_eq!(reply.code, 250, "message {i}");
+        c.cmd("QUIT", 221).await;
+    }
+    assert_eq!(up.connections(), 2, "three sessions shared one upstream connection");
+    assert_eq!(up.messages().len(), 3);
+
+    // The upstream closes the idle connection; the next session notices and reconnects.
+    up.drop_connections();
+    up.all_closed().await;
+    let mut c = proxy.client().await;
+    c.greet().await;
+    let reply = c.send_mail("a@example.org", &["b@example.net"], &stuff(b"Subject: after\r\n\r\nx\r\n")).await;
+    assert_eq!(reply.code, 250, "a stale pooled connection is replaced, not reported");
+    c.cmd("QUIT", 221).await;
+    proxy.stop().await;
+    assert_eq!(up.messages().len(), 4);
+    up.all_closed().await;
+    assert_eq!(up.commands().last().map(String::as_str), Some("QUIT"), "pooled connections get QUIT at shutdown");
+}

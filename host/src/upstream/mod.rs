@@ -147,6 +147,13 @@ impl UpstreamTarget {
         }
     }
 
+    /// Closes idle pooled upstream connections politely (at shutdown).
+    pub async fn close_idle(&self) {
+        if let Self::Smtp(target) = self {
+            target.close_idle().await;
+        }
+    }
+
     /// Learns the upstream's capabilities ahead of the first client (SMTP only); a failure is
     /// returned for logging, and sessions then try again themselves.
     pub async fn probe(&self) -> Result<Capabilities, UpstreamError> {

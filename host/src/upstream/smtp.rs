@@ -6,8 +6,8 @@
 //! the final `.` in the same write as the end of the body, and TCP_NODELAY is set, so no
 //! message waits for a delayed ACK (../shared/bench/README.md).
 
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -39,6 +39,10 @@ pub struct SmtpTarget {
     command_timeout: Duration,
     data_timeout: Duration,
     known: RwLock<Option<Capabilities>>,
+    /// Idle connections kept for the next session (after a completed or reset transaction).
+    pool: Mutex<Vec<(Connection, Instant)>>,
+    pool_size: usize,
+    pool_idle: Duration,
 }
 
 impl SmtpTarget {
@@ -52,6 +56,9 @@ impl SmtpTarget {
             command_timeout: up.command_timeout,
             data_timeout: up.data_timeout,
             known: RwLock::new(None),
+            pool: Mutex::new(Vec::new()),
+            pool_size: up.pool_size,
+            pool_idle: up.pool_idle,
         }
     }
 
@@ -99,6 +106,36 @@ impl SmtpTarget {
         }
         *self.known.write().unwrap_or_else(|e| e.into_inner()) = Some(conn.caps);
         Ok(conn)
+    }
+
+    /// An idle connection from the pool, if one is fresh enough.
+    fn checkout(&self) -> Option<Connection> {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((conn, since)) = pool.pop() {
+            if since.elapsed() < self.pool_idle {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps an idle connection for a later session; false when the pool is full.
+    fn checkin(&self, conn: Connection) -> Result<(), Connection> {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        pool.retain(|(_, since)| since.elapsed() < self.pool_idle);
+        if pool.len() >= self.pool_size {
+            return Err(conn);
+        }
+        pool.push((conn, Instant::now()));
+        Ok(())
+    }
+
+    /// Says QUIT on every pooled connection (at shutdown).
+    pub async fn close_idle(&self) {
+        let idle: Vec<_> = std::mem::take(&mut *self.pool.lock().unwrap_or_else(|e| e.into_inner()));
+        for (mut conn, _) in idle {
+            conn.quit().await;
+        }
     }
 
     /// Connects once to learn the capabilities, then says QUIT.
@@ -313,13 +350,15 @@ fn xtext(s: &str) -> String {
 pub struct SmtpRelay {
     target: Arc<SmtpTarget>,
     conn: Option<Connection>,
+    /// `conn` came from the pool and has not answered in this session yet.
+    reused: bool,
     client: ClientInfo,
     in_transaction: bool,
 }
 
 impl SmtpRelay {
     pub fn new(target: Arc<SmtpTarget>, client: ClientInfo) -> Self {
-        Self { target, conn: None, client, in_transaction: false }
+        Self { target, conn: None, reused: false, client, in_transaction: false }
     }
 
     pub fn describe(&self) -> String {
@@ -349,7 +388,13 @@ impl SmtpRelay {
 
     async fn connection(&mut self) -> Result<&mut Connection, UpstreamError> {
         if self.conn.is_none() {
-            self.conn = Some(self.target.connect().await?);
+            self.conn = match self.target.checkout() {
+                Some(conn) => {
+                    self.reused = true;
+                    Some(conn)
+                }
+                None => Some(self.target.connect().await?),
+            };
         }
         Ok(self.conn.as_mut().expect("connected above"))
     }
@@ -377,10 +422,21 @@ impl SmtpRelay {
     pub async fn mail(&mut self, sender: &Sender<'_>) -> Result<Reply, UpstreamError> {
         let timeout = self.target.command_timeout;
         let client = self.client.clone();
-        let result = match self.connection().await {
+        let mut result = match self.connection().await {
             Ok(conn) => mail_on(conn, sender, &client, timeout).await,
             Err(err) => Err(err),
         };
+        if std::mem::take(&mut self.reused)
+            && matches!(result, Err(UpstreamError::Closed(_) | UpstreamError::Io { .. }))
+        {
+            // A pooled connection the upstream closed while it was idle: try a fresh one.
+            self.conn = None;
+            result = match self.connection().await {
+                Ok(conn) => mail_on(conn, sender, &client, timeout).await,
+                Err(err) => Err(err),
+            };
+            self.reused = false;
+        }
         match result {
             Ok(reply) => {
                 self.in_transaction = reply.is_positive();
@@ -450,10 +506,15 @@ impl SmtpRelay {
         }
     }
 
+    /// Ends this session's use of the upstream: a clean connection goes back to the pool for
+    /// the next session, anything else gets QUIT.
     pub async fn quit(&mut self) {
-        self.in_transaction = false;
-        if let Some(mut conn) = self.conn.take() {
-            conn.quit().await;
+        let clean = !std::mem::take(&mut self.in_transaction);
+        if let Some(conn) = self.conn.take() {
+            let leftover = if clean { self.target.checkin(conn).err() } else { Some(conn) };
+            if let Some(mut conn) = leftover {
+                conn.quit().await;
+            }
         }
     }
 }

@@ -34,6 +34,13 @@ impl TestProxy {
 
     /// Starts the proxy with a configuration built by the test.
     pub async fn start_with(mut config: wasmtp::Config, upstream: &str) -> Self {
+        // Most tests watch upstream connections open and close per session.
+        config.upstream.pool_size = 0;
+        Self::start_pooled(config, upstream).await
+    }
+
+    /// Starts the proxy keeping the configuration's upstream connection pool.
+    pub async fn start_pooled(mut config: wasmtp::Config, upstream: &str) -> Self {
         config.upstream.url = Some(upstream.parse().expect("upstream url"));
         if config.sandbox.cache_dir.is_none() {
             config.sandbox.cache_dir = Some(shared_compile_cache());

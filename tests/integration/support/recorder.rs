@@ -61,13 +61,20 @@ pub struct Recorder {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
     changed: Arc<Notify>,
+    /// Bumped to make every open connection close at once.
+    kick: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Recorder {
     pub async fn start(script: Script) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let recorder = Self { addr, state: Arc::default(), changed: Arc::new(Notify::new()) };
+        let recorder = Self {
+            addr,
+            state: Arc::default(),
+            changed: Arc::new(Notify::new()),
+            kick: Arc::new(tokio::sync::watch::Sender::new(0)),
+        };
         let r = recorder.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -76,7 +83,11 @@ impl Recorder {
                 tokio::spawn(async move {
                     r.state.lock().unwrap().connections += 1;
                     r.changed.notify_waiters();
-                    let _ = serve(stream, &script, &r).await;
+                    let mut kicked = r.kick.subscribe();
+                    tokio::select! {
+                        _ = serve(stream, &script, &r) => {}
+                        _ = kicked.changed() => {}
+                    }
                     r.state.lock().unwrap().closed_connections += 1;
                     r.changed.notify_waiters();
                 });
@@ -115,6 +126,11 @@ impl Recorder {
         if tokio::time::timeout(WAIT, wait).await.is_err() {
             panic!("recording upstream: timed out waiting for {what}: {:?}", self.state.lock().unwrap());
         }
+    }
+
+    /// Closes every open connection from the server side, as an upstream's idle timeout does.
+    pub fn drop_connections(&self) {
+        self.kick.send_modify(|n| *n += 1);
     }
 
     /// Waits until every upstream connection opened so far has been closed.
