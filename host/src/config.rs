@@ -142,7 +142,7 @@ impl Default for UpstreamConfig {
             connect_timeout: Duration::from_secs(15),
             command_timeout: Duration::from_secs(60),
             data_timeout: Duration::from_secs(300),
-            pool_size: 32,
+            pool_size: 100,
             pool_idle: Duration::from_secs(30),
         }
     }

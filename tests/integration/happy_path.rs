@@ -185,3 +185,27 @@ async fn maildir_delivery_is_complete_and_durable() {
     let expected = String::from_utf8(message).unwrap().replace("\r\n", "\n");
     assert_eq!(rest, expected.as_bytes());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xforward_tells_the_upstream_about_the_real_client() {
+    for extensions in [vec!["PIPELINING", "XFORWARD NAME ADDR PROTO HELO"], vec!["XFORWARD NAME ADDR PROTO HELO"]] {
+        let up = Recorder::start(Script { extensions: Some(extensions), ..Script::default() }).await;
+        let proxy = TestProxy::start(MT, &up.url()).await;
+        let mut c = proxy.client().await;
+        c.greet().await;
+        assert_eq!(
+            c.send_mail("a@example.org", &["b@example.net"], &stuff(b"Subject: x\r\n\r\nx\r\n")).await.code,
+            250
+        );
+        c.cmd("QUIT", 221).await;
+        proxy.stop().await;
+        let commands = up.commands();
+        let mail = commands.iter().position(|l| l.starts_with("MAIL FROM:")).unwrap();
+        assert!(
+            commands[mail - 1].starts_with("XFORWARD ADDR=127.0.0.1 PORT=")
+                && commands[mail - 1].ends_with(" HELO=client.example PROTO=ESMTP"),
+            "{commands:?}"
+        );
+        assert_eq!(up.messages().len(), 1);
+    }
+}

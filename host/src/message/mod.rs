@@ -115,6 +115,27 @@ impl MessageBuffer {
         Ok(out)
     }
 
+    /// Reads from the start up to and including the blank line that ends the header section
+    /// (or `max` octets, or the whole message if shorter), without touching the body beyond.
+    pub async fn read_header_section(&mut self, max: usize) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.rewind().await?;
+        while out.len() < max {
+            let Some(chunk) = self.next_chunk().await? else { break };
+            let searched_from = out.len().saturating_sub(3);
+            out.extend_from_slice(&chunk[..chunk.len().min(max - out.len())]);
+            if out.starts_with(b"\r\n") {
+                out.truncate(2);
+                break;
+            }
+            if let Some(end) = memchr::memmem::find(&out[searched_from..], b"\r\n\r\n") {
+                out.truncate(searched_from + end + 4);
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     /// The next piece of content (at most [`CHUNK`] octets), or `None` at the end.
     pub async fn next_chunk(&mut self) -> std::io::Result<Option<&[u8]>> {
         match &mut self.file {

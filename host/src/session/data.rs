@@ -126,7 +126,7 @@ impl Session {
             tracing::error!(error = %err, "cannot read the buffered message");
             (Reply::enhanced(451, (4, 3, 0), "Local error reading the message, try again later"), Flow::Continue)
         };
-        let headers = match message.read_prefix(0, MAX_HEADER_SECTION).await {
+        let headers = match message.read_header_section(MAX_HEADER_SECTION).await {
             Ok(head) => HeaderSection::parse(&head),
             Err(err) => return local_failure(err),
         };

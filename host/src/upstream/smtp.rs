@@ -298,20 +298,16 @@ async fn mail_on(
     client: &ClientInfo,
     limit: Duration,
 ) -> Result<Reply, UpstreamError> {
-    if conn.xforward {
+    let xforward = conn.xforward.then(|| {
         let helo = client.helo.as_deref().unwrap_or("[UNAVAILABLE]");
-        let line = format!(
+        format!(
             "XFORWARD ADDR={} PORT={} HELO={} PROTO={}",
             xtext(&client.ip.to_string()),
             client.port,
             xtext(helo),
             if client.esmtp { "ESMTP" } else { "SMTP" }
-        );
-        let reply = conn.command(&line, Stage::Mail, limit).await?;
-        if !reply.is_positive() {
-            tracing::warn!(%reply, "upstream refused XFORWARD");
-        }
-    }
+        )
+    });
     let mut line = format!("MAIL FROM:<{}>", sender.mailbox.as_str());
     if let Some(size) = sender.size
         && conn.caps.size_param
@@ -329,7 +325,24 @@ async fn mail_on(
     if sender.smtputf8 && conn.caps.smtputf8 {
         line.push_str(" SMTPUTF8");
     }
-    conn.command(&line, Stage::Mail, limit).await
+    let Some(xforward) = xforward else {
+        return conn.command(&line, Stage::Mail, limit).await;
+    };
+    if !conn.caps.pipelining {
+        let reply = conn.command(&xforward, Stage::Mail, limit).await?;
+        if !reply.is_positive() {
+            tracing::warn!(%reply, "upstream refused XFORWARD");
+        }
+        return conn.command(&line, Stage::Mail, limit).await;
+    }
+    // PIPELINING (RFC 2920): XFORWARD and MAIL in one write, then both replies in order.
+    let wire = format!("{xforward}\r\n{line}\r\n");
+    conn.write(wire.as_bytes(), Stage::Mail, limit).await?;
+    let reply = conn.read_reply(Stage::Mail, limit).await?;
+    if !reply.is_positive() {
+        tracing::warn!(%reply, "upstream refused XFORWARD");
+    }
+    conn.read_reply(Stage::Mail, limit).await
 }
 
 /// `xtext` (RFC 3461 §4) for XFORWARD attribute values.

@@ -4,7 +4,7 @@
 //! whose file name (`Content-Disposition: ...; filename=` or `filename*=` per RFC 2231, or
 //! `Content-Type: ...; name=`, RFC 2047 encoded words decoded) ends in a forbidden extension
 //! gets the message refused with `550 5.7.1`. Otherwise, when the subject or a `text/*` part
-//! (base64 and quoted-printable decoded, case and runs of white space ignored) contains a
+//! (base64 and quoted-printable decoded, ASCII case and runs of white space ignored) contains a
 //! suspicious phrase, the subject is prefixed with `tag`. A truncated body is scanned as far
 //! as it goes.
 //!
@@ -197,26 +197,27 @@ fn extension(file_name: &str) -> Option<String> {
     (!ext.is_empty() && !ext.contains(['/', '\\'])).then(|| ext.to_lowercase())
 }
 
-/// Lowercases text and collapses every run of white space into one space.
+/// Lowercases ASCII letters and collapses every run of ASCII white space into one space,
+/// byte by byte (non-ASCII bytes are kept as they are, so phrases are matched
+/// case-insensitively in ASCII only). Byte-wise keeps a 1 MiB body at a few milliseconds.
 fn normalize(text: &[u8]) -> String {
-    let text = String::from_utf8_lossy(text);
-    let mut out = String::with_capacity(text.len());
+    let mut out = Vec::with_capacity(text.len());
     let mut in_space = true; // also drops leading white space
-    for c in text.chars() {
-        if c.is_whitespace() {
+    for &b in text {
+        if b.is_ascii_whitespace() {
             if !in_space {
-                out.push(' ');
+                out.push(b' ');
                 in_space = true;
             }
         } else {
-            out.extend(c.to_lowercase());
+            out.push(b.to_ascii_lowercase());
             in_space = false;
         }
     }
-    if out.ends_with(' ') {
+    if out.last() == Some(&b' ') {
         out.pop();
     }
-    out
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// Lines of `buf` with their start offset and the line without CR LF (or a bare LF).
