@@ -23,6 +23,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub log: LogConfig,
     pub sandbox: SandboxConfig,
+    pub auth: AuthConfig,
     /// Filter plugins, run in this order at every stage they declare.
     pub plugins: Vec<PluginConfig>,
 }
@@ -248,6 +249,97 @@ impl Default for BreakerConfig {
     fn default() -> Self {
         Self { failures: 5, cooldown: Duration::from_secs(30) }
     }
+}
+
+/// `[auth]`: sender authentication computed by the host and handed to plugins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Master switch. Off by default: the checks need working DNS, which a proxy in front of a
+    /// private network or a test machine may not have.
+    pub enabled: bool,
+    /// The authserv-id of our `Authentication-Results:` header; the host name when unset.
+    /// Incoming `Authentication-Results:` headers claiming it are removed as forgeries.
+    pub authserv_id: Option<String>,
+    /// iprev (PTR and forward confirmation) at connect.
+    pub iprev: bool,
+    /// SPF for the HELO and MAIL FROM identities at MAIL.
+    pub spf: bool,
+    /// DKIM, every signature, at DATA.
+    pub dkim: bool,
+    /// ARC chain validation at DATA.
+    pub arc: bool,
+    /// DMARC at DATA (needs `spf` and `dkim`).
+    pub dmarc: bool,
+    /// Name servers as `ip:port`; the system resolver (/etc/resolv.conf) when empty.
+    pub nameservers: Vec<SocketAddr>,
+    /// Budget of one check's DNS work; past it the check is `temperror`.
+    #[serde(with = "duration")]
+    pub dns_timeout: Duration,
+    /// DKIM signing of relayed mail, after all plugin edits.
+    pub sign: Option<DkimSignConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            authserv_id: None,
+            iprev: true,
+            spf: true,
+            dkim: true,
+            arc: true,
+            dmarc: true,
+            nameservers: Vec::new(),
+            dns_timeout: Duration::from_secs(5),
+            sign: None,
+        }
+    }
+}
+
+/// `[auth.sign]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimSignConfig {
+    /// The signing domain (`d=`).
+    pub domain: String,
+    /// The selector (`s=`); the public key is published at `<selector>._domainkey.<domain>`.
+    pub selector: String,
+    /// PEM private key: RSA (PKCS#1 or PKCS#8) or Ed25519 (PKCS#8).
+    pub key_file: PathBuf,
+    /// `rsa` (rsa-sha256) or `ed25519` (ed25519-sha256).
+    #[serde(default)]
+    pub algorithm: SignAlgorithm,
+    /// Header fields to sign, in order.
+    #[serde(default = "default_signed_headers")]
+    pub headers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignAlgorithm {
+    #[default]
+    Rsa,
+    Ed25519,
+}
+
+fn default_signed_headers() -> Vec<String> {
+    [
+        "From",
+        "To",
+        "Cc",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "Reply-To",
+        "In-Reply-To",
+        "References",
+        "MIME-Version",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// `[log]`.

@@ -6,8 +6,10 @@
 //! - [`smtp`]: the pure wire codec (command parsing, data receiving, replies);
 //! - [`message`]: message buffering (memory, then disk) and the `Received:` header;
 //! - [`upstream`]: the lockstep SMTP relay and the embedded Maildir delivery;
+//! - [`auth`]: SPF, DKIM, DMARC, ARC and iprev with mail-auth, and DKIM signing;
 //! - [`config`]: the TOML configuration; [`cli`]: the command line; [`shutdown`]: drain signals.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod message;

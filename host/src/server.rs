@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::plugins::Plugins;
 use crate::session::{self, SessionContext};
@@ -54,10 +55,11 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     } else {
         None
     };
+    let auth = Auth::from_config(&config.auth, &config.hostname())?.map(Arc::new);
     let (controller, signal) = shutdown::channel();
     let grace = config.timeouts.shutdown_grace;
     let limit = Arc::new(Semaphore::new(config.server.max_connections));
-    let ctx = Arc::new(SessionContext::new(config, upstream, signal, Arc::new(plugins), quarantine));
+    let ctx = Arc::new(SessionContext::new(config, upstream, signal, Arc::new(plugins), quarantine, auth));
     tracing::info!(listen = %listener.local_addr()?, hostname = %ctx.hostname, "accepting connections");
 
     let mut sessions = JoinSet::new();

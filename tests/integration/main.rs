@@ -4,6 +4,7 @@
 
 mod support;
 
+mod auth;
 mod clients;
 mod examples;
 mod happy_path;

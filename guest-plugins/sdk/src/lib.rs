@@ -32,8 +32,9 @@ pub mod bindings {
 
 use bindings::wasmtp::filter::host as wit_host;
 pub use bindings::wasmtp::filter::types::{
-    Address, BodyAccess, Connection, Decision, Edit, EditKind, Envelope, Header, HeaderChange, HeaderInsert, HeaderRef,
-    Manifest, Message, Param, Reply, Stage, TlsInfo, Verdict,
+    Address, AuthResult, AuthResults, BodyAccess, Connection, Decision, DkimCheck, DmarcCheck, DmarcPolicy, Edit,
+    EditKind, Envelope, Header, HeaderChange, HeaderInsert, HeaderRef, IprevCheck, Manifest, Message, Param, Reply,
+    SpfCheck, Stage, TlsInfo, Verdict,
 };
 pub use wit_host::Level;
 

@@ -36,6 +36,11 @@ impl<'a> Outgoing<'a> {
         Self::new(prefix, Body::Original { offset: 0 }, buffer)
     }
 
+    /// Puts `header` (a complete header field) in front of everything else.
+    pub fn prepend(&mut self, header: &[u8]) {
+        self.prefix.splice(0..0, header.iter().copied());
+    }
+
     /// Octets that will be sent.
     pub fn len(&self) -> u64 {
         self.prefix.len() as u64

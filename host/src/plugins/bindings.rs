@@ -13,7 +13,8 @@ mod generated {
 
 pub use generated::wasmtp::filter::host::{Host as HostImports, Level};
 pub use generated::wasmtp::filter::types::{
-    Address, BodyAccess, Connection, Decision, Edit, EditKind, Envelope, Header, HeaderChange, HeaderInsert, HeaderRef,
-    Host as TypesHost, Manifest, Message, Param, Reply, Stage, Verdict,
+    Address, AuthResult, AuthResults, BodyAccess, Connection, Decision, DkimCheck, DmarcCheck, DmarcPolicy, Edit,
+    EditKind, Envelope, Header, HeaderChange, HeaderInsert, HeaderRef, Host as TypesHost, IprevCheck, Manifest,
+    Message, Param, Reply, SpfCheck, Stage, Verdict,
 };
 pub use generated::{Filter, FilterPre};

@@ -55,6 +55,7 @@ impl PluginSession {
                 helo: None,
                 tls: None,
                 authenticated_as: None,
+                auth: crate::auth::no_results(),
             },
             session_id: session_id.into(),
             session_notes: HashMap::new(),
@@ -67,6 +68,16 @@ impl PluginSession {
         self.conn.helo = Some(helo.to_string());
     }
 
+    /// The authentication results plugins see from now on.
+    pub fn auth_mut(&mut self) -> &mut bindings::AuthResults {
+        &mut self.conn.auth
+    }
+
+    /// The client's verified host name (iprev pass).
+    pub fn set_client_name(&mut self, name: Option<String>) {
+        self.conn.client_name = name;
+    }
+
     /// Notes set from now on end with the transaction.
     pub fn begin_transaction(&mut self) {
         self.in_transaction = true;
@@ -75,6 +86,11 @@ impl PluginSession {
     pub fn end_transaction(&mut self) {
         self.in_transaction = false;
         self.transaction_notes.clear();
+        let auth = &mut self.conn.auth;
+        auth.spf_mail = None;
+        auth.dkim.clear();
+        auth.arc = None;
+        auth.dmarc = None;
     }
 
     fn notes_for(&self, plugin: &Arc<str>) -> HashMap<String, String> {

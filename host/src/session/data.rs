@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::io::{DATA_READ, ReadOutcome};
 use super::{Flow, Session, Transaction};
+use crate::auth::{Auth, EarlierChecks};
 use crate::message::headers::MAX_HEADER_SECTION;
 use crate::message::outgoing::Body;
 use crate::message::{HeaderSection, MessageBuffer, Outgoing, TraceInfo, received_header};
@@ -118,7 +119,8 @@ impl Session {
         trace: String,
     ) -> (Reply, Flow) {
         let plugins = self.ctx.plugins.clone();
-        if !plugins.wants(Stage::Data) {
+        let auth = self.ctx.auth.clone();
+        if !plugins.wants(Stage::Data) && auth.is_none() {
             let mut out = Outgoing::unchanged(trace.into_bytes(), message);
             return (self.relay(&mut out).await, Flow::Continue);
         }
@@ -126,10 +128,35 @@ impl Session {
             tracing::error!(error = %err, "cannot read the buffered message");
             (Reply::enhanced(451, (4, 3, 0), "Local error reading the message, try again later"), Flow::Continue)
         };
-        let headers = match message.read_header_section(MAX_HEADER_SECTION).await {
+        let mut headers = match message.read_header_section(MAX_HEADER_SECTION).await {
             Ok(head) => HeaderSection::parse(&head),
             Err(err) => return local_failure(err),
         };
+        let mut auth_header = String::new();
+        if let Some(auth) = &auth {
+            if auth.checks_enabled() {
+                let raw = match message.read_prefix(0, message.len() as usize).await {
+                    Ok(raw) => raw,
+                    Err(err) => return local_failure(err),
+                };
+                let helo = self.helo.as_ref().map_or("", |h| h.name.as_str()).to_string();
+                let earlier = EarlierChecks {
+                    client_ip: self.peer.ip(),
+                    helo: &helo,
+                    mail_from: txn.mail.sender.as_str(),
+                    iprev: self.auth_state.iprev.as_ref(),
+                    spf_helo: self.auth_state.spf_helo.as_ref().map(|(_, spf)| spf),
+                    spf_mail: self.auth_state.spf_mail.as_ref(),
+                };
+                let checks = auth.message(&raw, &earlier).await;
+                let results = self.plugin_session.auth_mut();
+                results.dkim = checks.dkim;
+                results.arc = checks.arc;
+                results.dmarc = checks.dmarc;
+                auth_header = checks.header;
+            }
+            remove_forged_auth_results(&mut headers, auth.authserv_id());
+        }
         let body_offset = headers.body_offset;
         let body_len = message.len().saturating_sub(body_offset);
         let original_body = match message.read_prefix(body_offset, plugins.max_body_needed()).await {
@@ -166,12 +193,30 @@ impl Session {
             prefix.extend_from_slice(format!("X-Wasmtp-Quarantine: {plugin}: {reason}\r\n").as_bytes());
         }
         prefix.extend_from_slice(trace.as_bytes());
+        prefix.extend_from_slice(auth_header.as_bytes());
         prefix.extend_from_slice(&state.headers.render(body_is_empty));
         let body = match state.replaced_body.take() {
             Some(body) => Body::Replaced(Arc::unwrap_or_clone(body)),
             None => Body::Original { offset: body_offset },
         };
         let mut out = Outgoing::new(prefix, body, message);
+        if let Some(auth) = &auth
+            && state.quarantine.is_none()
+        {
+            // Signed last, over the message exactly as it leaves, so no edit can break it.
+            match sign(auth, &mut out).await {
+                Ok(None) => {}
+                Ok(Some(signature)) => out.prepend(signature.as_bytes()),
+                Err(err) => {
+                    tracing::error!(error = %err, "DKIM signing failed");
+                    self.upstream.rset().await;
+                    return (
+                        Reply::enhanced(451, (4, 3, 0), "Cannot sign the message right now, try again later"),
+                        Flow::Continue,
+                    );
+                }
+            }
+        }
         let sender = Sender {
             mailbox: &state.sender,
             size: txn.mail.size.map(|_| out.len()),
@@ -351,4 +396,26 @@ fn refusal(faults: &Faults, spool_error: Option<&std::io::Error>, config: &crate
         return Some(Reply::enhanced(451, (4, 3, 0), "Cannot store the message right now, try again later"));
     }
     None
+}
+
+/// Removes `Authentication-Results:` fields that claim our authserv-id: only we may write
+/// those (RFC 8601 §5).
+fn remove_forged_auth_results(headers: &mut HeaderSection, authserv_id: &str) {
+    while let Some(i) = headers.fields.iter().position(|f| {
+        f.name.eq_ignore_ascii_case("Authentication-Results")
+            && f.value.split(';').next().is_some_and(|id| id.trim().eq_ignore_ascii_case(authserv_id))
+    }) {
+        tracing::info!(authserv_id, "removed an Authentication-Results header claiming our authserv-id");
+        headers.remove(i);
+    }
+}
+
+/// The DKIM signature of the outgoing message, if signing is configured.
+async fn sign(auth: &Auth, out: &mut Outgoing<'_>) -> Result<Option<String>, String> {
+    let mut whole = Vec::with_capacity(out.len() as usize);
+    out.rewind().await.map_err(|e| e.to_string())?;
+    while let Some(chunk) = out.next_chunk().await.map_err(|e| e.to_string())? {
+        whole.extend_from_slice(chunk);
+    }
+    auth.sign(&whole).transpose()
 }

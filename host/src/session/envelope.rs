@@ -57,6 +57,7 @@ impl Session {
         }
 
         self.plugin_session.begin_transaction();
+        self.authenticate_sender(&mail).await;
         let mut state = MailState { sender: mail.sender.clone(), params: mail_params(&mail), utf8: mail.smtputf8 };
         let plugins = self.ctx.plugins.clone();
         let outcome = plugins.run(&mut self.plugin_session, &mut state).await;
@@ -85,6 +86,24 @@ impl Session {
         }
         self.reply(reply);
         Flow::Continue
+    }
+
+    /// SPF for the HELO identity (once per HELO name) and the MAIL FROM identity, for plugins
+    /// and the `Authentication-Results:` header.
+    async fn authenticate_sender(&mut self, mail: &MailFrom) {
+        let Some(auth) = self.ctx.auth.clone() else { return };
+        let helo = self.helo.as_ref().map_or(String::new(), |h| h.name.clone());
+        let ip = self.peer.ip();
+        if self.auth_state.spf_helo.as_ref().is_none_or(|(name, _)| *name != helo)
+            && let Some(spf) = auth.spf_helo(ip, &helo).await
+        {
+            self.plugin_session.auth_mut().spf_helo = Some(crate::auth::spf_check(&spf));
+            self.auth_state.spf_helo = Some((helo.clone(), spf));
+        }
+        if let Some(spf) = auth.spf_mail(ip, &helo, mail.sender.as_str()).await {
+            self.plugin_session.auth_mut().spf_mail = Some(crate::auth::spf_check(&spf));
+            self.auth_state.spf_mail = Some(spf);
+        }
     }
 
     pub(super) async fn rcpt(&mut self, rcpt: RcptTo) -> Flow {

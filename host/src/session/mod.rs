@@ -20,6 +20,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpStream;
 
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::plugins::Plugins;
 use crate::plugins::chain::{ConnectState, Outcome, PluginSession};
@@ -42,6 +43,8 @@ pub struct SessionContext {
     pub plugins: Arc<Plugins>,
     /// Where quarantined messages go (present when a plugin may quarantine).
     pub quarantine: Option<Arc<Maildir>>,
+    /// Sender authentication (present when `[auth]` is enabled or signing is configured).
+    pub auth: Option<Arc<Auth>>,
     ids: AtomicU64,
 }
 
@@ -52,12 +55,13 @@ impl SessionContext {
         shutdown: ShutdownSignal,
         plugins: Arc<Plugins>,
         quarantine: Option<Arc<Maildir>>,
+        auth: Option<Arc<Auth>>,
     ) -> Self {
         let hostname = config.hostname();
         let spool_dir = config.server.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
         // Session ids start from the clock so they do not repeat across restarts.
         let start = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) << 20;
-        Self { config, hostname, upstream, spool_dir, shutdown, plugins, quarantine, ids: AtomicU64::new(start) }
+        Self { config, hostname, upstream, spool_dir, shutdown, plugins, quarantine, auth, ids: AtomicU64::new(start) }
     }
 
     fn next_id(&self) -> String {
@@ -121,6 +125,16 @@ pub struct Session {
     plugin_session: PluginSession,
     /// A connect-stage plugin refused the client: only QUIT is served.
     refused: bool,
+    auth_state: AuthState,
+}
+
+/// The authentication results of this session, as mail-auth reports them (for the header).
+#[derive(Debug, Default)]
+struct AuthState {
+    iprev: Option<mail_auth::IprevOutput>,
+    /// SPF for the HELO name it was computed for.
+    spf_helo: Option<(String, mail_auth::SpfOutput)>,
+    spf_mail: Option<mail_auth::SpfOutput>,
 }
 
 /// Runs a session on an accepted connection until it ends.
@@ -144,6 +158,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) 
         transactions: 0,
         plugin_session: PluginSession::new(&plugin_id, peer),
         refused: false,
+        auth_state: AuthState::default(),
         ctx,
     };
     let span = tracing::info_span!("session", id = %session.id, client = %peer);
@@ -169,6 +184,17 @@ impl Session {
 
     /// Runs the connect stage and sends the greeting it allows.
     async fn greet(&mut self) -> Flow {
+        if let Some(auth) = self.ctx.auth.clone()
+            && let Some(iprev) = auth.iprev(self.peer.ip()).await
+        {
+            let check = crate::auth::iprev_check(&iprev);
+            let verified = (check.result == crate::plugins::bindings::AuthResult::Pass)
+                .then(|| check.names.first().cloned())
+                .flatten();
+            self.plugin_session.set_client_name(verified);
+            self.plugin_session.auth_mut().iprev = Some(check);
+            self.auth_state.iprev = Some(iprev);
+        }
         let plugins = self.ctx.plugins.clone();
         match plugins.run(&mut self.plugin_session, &mut ConnectState).await {
             Outcome::Continue => {
@@ -315,9 +341,10 @@ impl Session {
         self.upstream.rset().await;
     }
 
-    /// Forgets the transaction on our side (its notes too).
+    /// Forgets the transaction on our side (its notes and authentication results too).
     fn end_transaction(&mut self) {
         self.transaction = None;
+        self.auth_state.spf_mail = None;
         self.plugin_session.end_transaction();
     }
 

@@ -33,6 +33,14 @@ impl Client {
         Self { stream, buf: Vec::new() }
     }
 
+    /// Connects from a chosen loopback address (anything in 127.0.0.0/8 works on Linux).
+    pub async fn connect_from(addr: SocketAddr, local: std::net::IpAddr) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(local, 0)).unwrap();
+        let stream = tokio::time::timeout(WAIT, socket.connect(addr)).await.expect("connect in time").expect("connect");
+        Self { stream, buf: Vec::new() }
+    }
+
     pub async fn send(&mut self, bytes: impl AsRef<[u8]>) {
         self.stream.write_all(bytes.as_ref()).await.expect("send");
     }

@@ -2,6 +2,7 @@
 //! upstream with fault injection, and Postfix's smtp-sink as a real upstream.
 
 pub mod client;
+pub mod dns;
 pub mod recorder;
 pub mod sink;
 

@@ -1,0 +1,118 @@
+//! auth-policy: acts on the authentication results the host computed (the plugin does no DNS
+//! and no cryptography itself).
+//!
+//! - DMARC `fail` with policy `reject` → `550 5.7.1`; with policy `quarantine` → the message is
+//!   quarantined (set `dmarc_quarantine = "reject"` to refuse those too).
+//! - SPF `fail` for MAIL FROM → `spf_fail`: `accept` (default: let DMARC decide), `reject`
+//!   (`550 5.7.23` at MAIL) or `quarantine` (at DATA).
+//! - `temperror` in SPF or DMARC → `451 4.7.x` when `tempfail_on_temperror` (default true), so
+//!   a DNS outage delays mail instead of letting it through unchecked.
+//!
+//! ```toml
+//! [[plugins]]
+//! name = "auth-policy"
+//! path = "auth_policy.wasm"
+//! [plugins.config]
+//! spf_fail = "accept"            # accept | reject | quarantine
+//! dmarc_quarantine = "quarantine" # quarantine | reject
+//! tempfail_on_temperror = true
+//! ```
+
+use serde::Deserialize;
+use wasmtp_plugin::{
+    Address, AuthResult, BodyAccess, Connection, Decision, DmarcPolicy, EditKind, Envelope, Filter, Manifest, Message,
+    Stage, export,
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Config {
+    spf_fail: String,
+    dmarc_quarantine: String,
+    tempfail_on_temperror: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { spf_fail: "accept".into(), dmarc_quarantine: "quarantine".into(), tempfail_on_temperror: true }
+    }
+}
+
+fn config() -> Result<Config, Decision> {
+    let config: Config = wasmtp_plugin::config().map_err(|e| Decision::tempfail(451, "4.3.5", &e))?;
+    let valid = matches!(config.spf_fail.as_str(), "accept" | "reject" | "quarantine")
+        && matches!(config.dmarc_quarantine.as_str(), "quarantine" | "reject");
+    if !valid {
+        return Err(Decision::tempfail(451, "4.3.5", "invalid auth-policy config"));
+    }
+    Ok(config)
+}
+
+struct AuthPolicy;
+
+impl Filter for AuthPolicy {
+    fn manifest() -> Manifest {
+        Manifest::new("auth-policy", env!("CARGO_PKG_VERSION"))
+            .stages([Stage::Mail, Stage::Data])
+            .body(BodyAccess::None)
+            .edits([EditKind::Quarantine])
+    }
+
+    fn on_mail(conn: &Connection, _sender: &Address) -> Decision {
+        let config = match config() {
+            Ok(c) => c,
+            Err(d) => return d,
+        };
+        let Some(spf) = &conn.auth.spf_mail else { return Decision::next() };
+        match spf.result {
+            AuthResult::Fail if config.spf_fail == "reject" => {
+                Decision::reject(550, "5.7.23", &format!("SPF validation failed for {}", spf.domain))
+            }
+            AuthResult::Temperror if config.tempfail_on_temperror => {
+                Decision::tempfail(451, "4.7.24", "SPF validation error, try again later")
+            }
+            _ => Decision::next(),
+        }
+    }
+
+    fn on_data(conn: &Connection, _envelope: &Envelope, _message: &Message) -> Decision {
+        let config = match config() {
+            Ok(c) => c,
+            Err(d) => return d,
+        };
+        if let Some(dmarc) = &conn.auth.dmarc {
+            match (dmarc.result, dmarc.policy) {
+                (AuthResult::Fail, DmarcPolicy::Reject) => {
+                    return Decision::reject(
+                        550,
+                        "5.7.1",
+                        &format!("DMARC policy of {} rejects this message", dmarc.domain),
+                    );
+                }
+                (AuthResult::Fail, DmarcPolicy::Quarantine) if config.dmarc_quarantine == "reject" => {
+                    return Decision::reject(
+                        550,
+                        "5.7.1",
+                        &format!("DMARC policy of {} rejects this message", dmarc.domain),
+                    );
+                }
+                (AuthResult::Fail, DmarcPolicy::Quarantine) => {
+                    return Decision::next()
+                        .quarantine(&format!("DMARC policy of {} asks for quarantine", dmarc.domain));
+                }
+                (AuthResult::Temperror, _) if config.tempfail_on_temperror => {
+                    return Decision::tempfail(451, "4.7.5", "DMARC evaluation error, try again later");
+                }
+                _ => {}
+            }
+        }
+        if config.spf_fail == "quarantine"
+            && conn.auth.spf_mail.as_ref().is_some_and(|spf| spf.result == AuthResult::Fail)
+        {
+            return Decision::next().quarantine("SPF validation failed");
+        }
+        Decision::next()
+    }
+}
+
+export!(AuthPolicy);
