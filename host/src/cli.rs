@@ -65,6 +65,15 @@ pub fn main() -> anyhow::Result<()> {
             println!("  listen:   {}", config.server.listen);
             println!("  upstream: {}{upstream_note}", config.upstream_url());
             println!("  hostname: {}", config.hostname());
+            if let Some(auth) = crate::auth::Auth::from_config(&config.auth, &config.hostname())? {
+                let signing = config.auth.sign.as_ref().map(|s| format!(", signing as {}/{}", s.domain, s.selector));
+                println!(
+                    "  auth:     checks {}, authserv-id {}{}",
+                    if auth.checks_enabled() { "on" } else { "off" },
+                    auth.authserv_id(),
+                    signing.unwrap_or_default()
+                );
+            }
             if no_plugins || config.plugins.is_empty() {
                 return Ok(());
             }
