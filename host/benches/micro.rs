@@ -74,14 +74,7 @@ fn data(c: &mut Criterion) {
 }
 
 fn plugin(name: &str, path: &str, config: serde_json::Value) -> PluginConfig {
-    PluginConfig {
-        name: name.into(),
-        path: path.into(),
-        on_error: Default::default(),
-        limits: Default::default(),
-        breaker: Default::default(),
-        config: serde_json::from_value(config).unwrap(),
-    }
+    PluginConfig { config: serde_json::from_value(config).unwrap(), ..PluginConfig::new(name, path) }
 }
 
 fn plugins(c: &mut Criterion) {

@@ -23,14 +23,7 @@ use wasmtp::smtp::Mailbox;
 use wasmtp_test_artifacts as wasm;
 
 fn plugin(name: &str, path: &str, config: serde_json::Value) -> PluginConfig {
-    PluginConfig {
-        name: name.into(),
-        path: path.into(),
-        on_error: Default::default(),
-        limits: Default::default(),
-        breaker: Default::default(),
-        config: serde_json::from_value(config).unwrap(),
-    }
+    PluginConfig { config: serde_json::from_value(config).unwrap(), ..PluginConfig::new(name, path) }
 }
 
 fn config_with(plugins: Vec<PluginConfig>, cache: &std::path::Path) -> Config {

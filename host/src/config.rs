@@ -190,6 +190,20 @@ pub struct PluginConfig {
     pub config: toml::Table,
 }
 
+impl PluginConfig {
+    /// A plugin entry with every setting at its default and an empty `config` table.
+    pub fn new(name: &str, path: impl Into<PathBuf>) -> Self {
+        Self {
+            name: name.to_string(),
+            path: path.into(),
+            on_error: OnError::default(),
+            limits: PluginLimits::default(),
+            breaker: BreakerConfig::default(),
+            config: toml::Table::new(),
+        }
+    }
+}
+
 /// A plugin's failure policy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

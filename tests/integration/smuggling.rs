@@ -39,18 +39,25 @@ fn assert_nothing_smuggled(up: &Recorder, id: &str) {
     }
 }
 
+/// Starts a proxy with `config`, opens a legitimate transaction and sends a body line, the
+/// vector and a smuggled transaction as its data; returns what the client got first.
+async fn smuggle(config: &str, vector: &Vector) -> (Recorder, TestProxy, Client, client::Reply) {
+    let up = Recorder::start(Script::default()).await;
+    let proxy = TestProxy::start(config, &up.url()).await;
+    let mut c = proxy.client().await;
+    c.greet().await;
+    c.cmd("MAIL FROM:<legit@example.org>", 250).await;
+    c.cmd("RCPT TO:<victim@example.net>", 250).await;
+    c.cmd("DATA", 354).await;
+    c.send([b"Subject: legit\r\n\r\nbody\r\n".as_slice(), &vector.bytes, SMUGGLED.as_bytes()].concat()).await;
+    let reply = c.reply().await;
+    (up, proxy, c, reply)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_vector_is_refused_and_nothing_is_smuggled() {
     for vector in vectors() {
-        let up = Recorder::start(Script::default()).await;
-        let proxy = TestProxy::start(REJECT, &up.url()).await;
-        let mut c = proxy.client().await;
-        c.greet().await;
-        c.cmd("MAIL FROM:<legit@example.org>", 250).await;
-        c.cmd("RCPT TO:<victim@example.net>", 250).await;
-        c.cmd("DATA", 354).await;
-        c.send([b"Subject: legit\r\n\r\nbody\r\n".as_slice(), &vector.bytes, SMUGGLED.as_bytes()].concat()).await;
-        let reply = c.reply().await;
+        let (up, proxy, mut c, reply) = smuggle(REJECT, &vector).await;
         if vector.id == "nulsuffix" {
             // A genuine end of data followed by "\0MAIL FROM": the message is fine, the NUL
             // command is refused, RCPT has no MAIL, and the smuggled DATA (with its body
@@ -77,15 +84,7 @@ async fn every_vector_is_refused_and_nothing_is_smuggled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn normalize_relays_the_smuggled_text_as_content_only() {
     for vector in vectors() {
-        let up = Recorder::start(Script::default()).await;
-        let proxy = TestProxy::start(NORMALIZE, &up.url()).await;
-        let mut c = proxy.client().await;
-        c.greet().await;
-        c.cmd("MAIL FROM:<legit@example.org>", 250).await;
-        c.cmd("RCPT TO:<victim@example.net>", 250).await;
-        c.cmd("DATA", 354).await;
-        c.send([b"Subject: legit\r\n\r\nbody\r\n".as_slice(), &vector.bytes, SMUGGLED.as_bytes()].concat()).await;
-        let reply = c.reply().await;
+        let (up, proxy, mut c, reply) = smuggle(NORMALIZE, &vector).await;
         assert_eq!(reply.code, 250, "{}: {reply:?}", vector.id);
         let genuine_end = vector.id == "nulsuffix" || vector.id == "nulprefix";
         if vector.id == "nulsuffix" {

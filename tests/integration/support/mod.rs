@@ -86,14 +86,8 @@ pub fn shared_compile_cache() -> std::path::PathBuf {
 
 /// A `[[plugins]]` entry for a test: `config` is the plugin's free-form table.
 pub fn plugin(name: &str, wasm: &str, config: serde_json::Value) -> wasmtp::config::PluginConfig {
-    wasmtp::config::PluginConfig {
-        name: name.into(),
-        path: wasm.into(),
-        on_error: Default::default(),
-        limits: Default::default(),
-        breaker: Default::default(),
-        config: serde_json::from_value(config).expect("plugin config is a table"),
-    }
+    let config = serde_json::from_value(config).expect("plugin config is a table");
+    wasmtp::config::PluginConfig { config, ..wasmtp::config::PluginConfig::new(name, wasm) }
 }
 
 /// A default configuration with these plugins, in order.
