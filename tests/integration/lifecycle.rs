@@ -40,6 +40,33 @@ async fn a_client_stalling_in_data_gets_421_and_nothing_is_delivered() {
     assert_eq!(std::fs::read_dir(dir.path().join("new")).unwrap().count(), 0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_client_below_the_minimum_data_rate_gets_421() {
+    // 1 KiB/s minimum after the 5 minute idle allowance: one byte every 200 s never trips the
+    // idle timeout, but the transfer as a whole is far too slow.
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = TestProxy::start("", &format!("maildir:{}", dir.path().display())).await;
+    let mut c = proxy.client().await;
+    c.greet().await;
+    c.cmd("MAIL FROM:<a@example.org>", 250).await;
+    c.cmd("RCPT TO:<b@example.net>", 250).await;
+    c.cmd("DATA", 354).await;
+    let started = tokio::time::Instant::now();
+    let reply = loop {
+        c.send("x").await;
+        // A slow client, in simulated time: the proxy answers only when it gives up.
+        if let Some(reply) = c.reply_if_any(Duration::from_secs(200)).await {
+            break reply;
+        }
+        assert!(started.elapsed() < Duration::from_secs(3600), "the proxy never gave up");
+    };
+    assert_eq!(reply.code, 421, "{reply:?}");
+    assert!(started.elapsed() >= Duration::from_secs(300) && started.elapsed() < Duration::from_secs(600));
+    c.closed().await;
+    proxy.stop().await;
+    assert_eq!(std::fs::read_dir(dir.path().join("new")).unwrap().count(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_transactions_finish_and_closes_idle_sessions() {
     let up = Recorder::start(Script::default()).await;

@@ -395,4 +395,64 @@ mod tests {
             assert_eq!(content, expect, "{s:?}");
         }
     }
+
+    /// Deterministic pseudo-random inputs (xorshift), so the property runs the same everywhere.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn random_content_survives_stuffing_and_any_split() {
+        let alphabet: &[u8] = b".\r\nab ";
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..3000 {
+            // Canonical content: lines of random length made of dots, letters and spaces.
+            let mut content = Vec::new();
+            for _ in 0..rng.below(6) {
+                for _ in 0..rng.below(6) {
+                    let b = alphabet[rng.below(alphabet.len())];
+                    if b != b'\r' && b != b'\n' {
+                        content.push(b);
+                    }
+                }
+                content.extend_from_slice(b"\r\n");
+            }
+            let wire = stuff(&content);
+            let chunk = 1 + rng.below(8);
+            let (got, faults, rest, done) = receive(&wire, chunk, LineEndings::Reject);
+            assert!(done && rest.is_empty() && faults == Faults::default(), "{content:?}");
+            assert_eq!(got, content);
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic_and_never_end_early() {
+        let alphabet: &[u8] = b".\r\n\0a";
+        let mut rng = Rng(0x0123_4567_89ab_cdef);
+        for _ in 0..5000 {
+            let len = rng.below(40);
+            let input: Vec<u8> = (0..len).map(|_| alphabet[rng.below(alphabet.len())]).collect();
+            for policy in [LineEndings::Reject, LineEndings::Normalize] {
+                let mut rx = DataReceiver::new(policy, 1 << 20, 1000);
+                let mut out = Vec::new();
+                let fed = rx.feed(&input, &mut out);
+                if fed.done {
+                    // Data may only end right after a genuine CRLF.CRLF (or ".CRLF" at the start).
+                    let prefix = &input[..fed.consumed];
+                    assert!(prefix == b".\r\n" || prefix.ends_with(b"\r\n.\r\n"), "{input:?}");
+                }
+            }
+        }
+    }
 }

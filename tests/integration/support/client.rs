@@ -60,6 +60,12 @@ impl Client {
         tokio::time::timeout(bound, self.read_reply()).await.expect("reply within the bound")
     }
 
+    /// A reply if one arrives within `wait` (None otherwise, or if the server closed).
+    /// Cancel-safe: bytes already read stay buffered for the next call.
+    pub async fn reply_if_any(&mut self, wait: std::time::Duration) -> Option<Reply> {
+        tokio::time::timeout(wait, self.read_reply()).await.ok().flatten()
+    }
+
     async fn read_reply(&mut self) -> Option<Reply> {
         let mut lines = Vec::new();
         loop {
