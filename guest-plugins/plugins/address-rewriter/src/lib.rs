@@ -54,11 +54,20 @@ fn lookup<'a, V>(map: &'a BTreeMap<String, V>, key: &str) -> Option<&'a V> {
 struct AddressRewriter;
 
 impl Filter for AddressRewriter {
+    /// Only the stages the configuration needs are declared, so the host does not call the
+    /// plugin for nothing (an alias table alone needs no MAIL call, and vice versa). A config
+    /// that does not parse declares both, and each call then reports the error.
     fn manifest() -> Manifest {
-        Manifest::new("address-rewriter", env!("CARGO_PKG_VERSION"))
-            .stages([Stage::Mail, Stage::Rcpt])
-            .body(BodyAccess::None)
-            .edits([EditKind::SetSender, EditKind::AddRecipient, EditKind::RemoveRecipient])
+        let (mail, rcpt) = match wasmtp_plugin::config::<Config>() {
+            Ok(config) => (!config.masquerade.is_empty(), !config.aliases.is_empty()),
+            Err(_) => (true, true),
+        };
+        let stages = [(mail, Stage::Mail), (rcpt, Stage::Rcpt)].into_iter().filter(|(on, _)| *on).map(|(_, s)| s);
+        Manifest::new("address-rewriter", env!("CARGO_PKG_VERSION")).stages(stages).body(BodyAccess::None).edits([
+            EditKind::SetSender,
+            EditKind::AddRecipient,
+            EditKind::RemoveRecipient,
+        ])
     }
 
     fn on_mail(_conn: &Connection, sender: &Address) -> Decision {
