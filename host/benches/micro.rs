@@ -107,18 +107,15 @@ fn plugins(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(message.len() as u64));
     group.bench_function("on-data 100 KiB incl. fresh sandbox", |b| {
         b.iter(|| {
-            let mut state = DataState {
-                sender: sender.clone(),
-                recipients: vec![sender.clone()],
-                headers: headers.clone(),
-                replaced_body: None,
-                quarantine: None,
-                envelope_changed: false,
-                utf8: false,
-                original_body: body.clone(),
-                original_body_len: body.len() as u64,
-                max_size: 50 << 20,
-            };
+            let mut state = DataState::new(
+                sender.clone(),
+                vec![sender.clone()],
+                headers.clone(),
+                body.clone(),
+                body.len() as u64,
+                false,
+                50 << 20,
+            );
             runtime.block_on(reader.run(&mut session, &mut state))
         })
     });

@@ -96,18 +96,15 @@ async fn data_call(cache: &std::path::Path) {
     let mut session = PluginSession::new("bench", "127.0.0.1:1".parse().unwrap());
     let mut samples = Vec::new();
     for i in 0..220 {
-        let mut state = DataState {
-            sender: Mailbox::parse("a@example.org", false, false).unwrap(),
-            recipients: vec![Mailbox::parse("b@example.org", false, true).unwrap()],
-            headers: headers.clone(),
-            replaced_body: None,
-            quarantine: None,
-            envelope_changed: false,
-            utf8: false,
-            original_body: body.clone(),
-            original_body_len: body.len() as u64,
-            max_size: 50 << 20,
-        };
+        let mut state = DataState::new(
+            Mailbox::parse("a@example.org", false, false).unwrap(),
+            vec![Mailbox::parse("b@example.org", false, true).unwrap()],
+            headers.clone(),
+            body.clone(),
+            body.len() as u64,
+            false,
+            50 << 20,
+        );
         let started = Instant::now();
         let outcome = plugins.run(&mut session, &mut state).await;
         if i >= 20 {
@@ -148,18 +145,15 @@ async fn example_plugins(cache: &std::path::Path) {
         let mut session = PluginSession::new("bench", "127.0.0.1:1".parse().unwrap());
         let mut samples = Vec::new();
         for _ in 0..2000 {
-            let mut state = DataState {
-                sender: sender.clone(),
-                recipients: vec![sender.clone()],
-                headers: headers.clone(),
-                replaced_body: None,
-                quarantine: None,
-                envelope_changed: false,
-                utf8: false,
-                original_body: body.clone(),
-                original_body_len: body.len() as u64,
-                max_size: 50 << 20,
-            };
+            let mut state = DataState::new(
+                sender.clone(),
+                vec![sender.clone()],
+                headers.clone(),
+                body.clone(),
+                body.len() as u64,
+                false,
+                50 << 20,
+            );
             let started = Instant::now();
             p.run(&mut session, &mut state).await;
             samples.push(started.elapsed());

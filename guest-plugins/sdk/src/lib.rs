@@ -235,6 +235,16 @@ impl Decision {
 }
 
 impl Message {
+    /// A message with these headers and full body, as a plugin's unit tests need one.
+    pub fn new(headers: &[(&str, &str)], body: &[u8]) -> Self {
+        Message {
+            headers: headers.iter().map(|(n, v)| Header { name: n.to_string(), value: v.to_string() }).collect(),
+            body: Some(body.to_vec()),
+            body_truncated: false,
+            size: body.len() as u64,
+        }
+    }
+
     /// The value of the first header called `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str())

@@ -427,6 +427,30 @@ pub struct DataState {
 }
 
 impl DataState {
+    /// The state before the first plugin: the envelope and the message as received.
+    pub fn new(
+        sender: Mailbox,
+        recipients: Vec<Mailbox>,
+        headers: HeaderSection,
+        original_body: Arc<Vec<u8>>,
+        original_body_len: u64,
+        utf8: bool,
+        max_size: u64,
+    ) -> Self {
+        Self {
+            sender,
+            recipients,
+            headers,
+            replaced_body: None,
+            quarantine: None,
+            envelope_changed: false,
+            utf8,
+            original_body,
+            original_body_len,
+            max_size,
+        }
+    }
+
     fn body_len(&self) -> u64 {
         self.replaced_body.as_ref().map_or(self.original_body_len, |b| b.len() as u64)
     }

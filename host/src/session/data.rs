@@ -163,18 +163,15 @@ impl Session {
             Ok(body) => body,
             Err(err) => return local_failure(err),
         };
-        let mut state = DataState {
-            sender: txn.mail.sender.clone(),
-            recipients: txn.recipients.clone(),
+        let mut state = DataState::new(
+            txn.mail.sender.clone(),
+            txn.recipients.clone(),
             headers,
-            replaced_body: None,
-            quarantine: None,
-            envelope_changed: false,
-            utf8: txn.mail.smtputf8,
-            original_body: Arc::new(original_body),
-            original_body_len: body_len,
-            max_size: self.ctx.config.limits.max_message_size.bytes(),
-        };
+            Arc::new(original_body),
+            body_len,
+            txn.mail.smtputf8,
+            self.ctx.config.limits.max_message_size.bytes(),
+        );
         match plugins.run(&mut self.plugin_session, &mut state).await {
             Outcome::Continue => {}
             Outcome::Reject(reply) | Outcome::Tempfail(reply) => {

@@ -403,17 +403,12 @@ export!(ContentGuard);
 
 #[cfg(test)]
 mod tests {
-    use wasmtp_plugin::{Header, Verdict};
+    use wasmtp_plugin::Verdict;
 
     use super::*;
 
     fn message(headers: &[(&str, &str)], body: &str) -> Message {
-        Message {
-            headers: headers.iter().map(|(n, v)| Header { name: n.to_string(), value: v.to_string() }).collect(),
-            body: Some(body.as_bytes().to_vec()),
-            body_truncated: false,
-            size: body.len() as u64,
-        }
+        Message::new(headers, body.as_bytes())
     }
 
     fn verdict(headers: &[(&str, &str)], body: &str) -> String {
