@@ -27,6 +27,12 @@ use super::bindings::{Filter, FilterPre};
 use super::cache::{CompileCache, Origin};
 use super::sandbox::CallState;
 
+/// Pool slots whose memory is decommitted (madvise) together. Every decommit makes the kernel
+/// flush the TLBs of every core the process runs on; one flush per 16 slots instead of one per
+/// call cut the proxy's CPU per message by a sixth at c=50 (perf showed a third of its time in
+/// those flushes). Up to `cores × 15` idle slots stay dirty in between, which bounds the RSS.
+const DECOMMIT_BATCH: usize = 16;
+
 /// Epoch tick: the resolution of plugin time limits.
 pub const TICK: Duration = Duration::from_millis(1);
 
@@ -55,7 +61,8 @@ impl PluginEngine {
             .total_memories(max_in_flight * 2)
             .total_tables(max_in_flight * 4)
             .total_stacks(max_in_flight)
-            .max_memory_size(max_memory as usize);
+            .max_memory_size(max_memory as usize)
+            .decommit_batch_size(DECOMMIT_BATCH);
         let mut config = Config::new();
         config
             .epoch_interruption(true)
