@@ -134,7 +134,8 @@ async fn example_plugins(cache: &std::path::Path) {
     let body = Arc::new(message[headers.body_offset as usize..].to_vec());
     let sender = Mailbox::parse("a@example.org", false, false).unwrap();
     println!("5. per call of the e2e plugins, 5 KiB message, fresh sandbox (2000 calls each, p50):");
-    let rewriter = plugin("rewriter", wasm::ADDRESS_REWRITER, json!({"aliases": {"x@example.org": "y@example.org"}}));
+    let rewriter =
+        plugin("rewriter", wasm::ADDRESS_REWRITER, json!({"masquerade": {"internal.example": "example.org"}}));
     let stamper = plugin("stamper", wasm::HEADER_STAMPER, json!({"add": {"X-Filtered-By": "wasmtp"}}));
     let guard = plugin("guard", wasm::CONTENT_GUARD, json!({}));
     let (p, _) = Plugins::load(&config_with(vec![rewriter], cache)).await.unwrap();
