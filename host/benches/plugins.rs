@@ -49,6 +49,24 @@ fn loadavg() -> String {
         .join(" ")
 }
 
+/// A message of about `size` octets (typical body lines), split into its header section and body.
+fn message_of_size(size: usize) -> (HeaderSection, Arc<Vec<u8>>) {
+    let mut message = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: bench\r\n\r\n".to_vec();
+    while message.len() < size {
+        message.extend_from_slice(b"a line of text of a typical length for a message body, more or less.\r\n");
+    }
+    let headers = HeaderSection::parse(&message);
+    let body = Arc::new(message[headers.body_offset as usize..].to_vec());
+    (headers, body)
+}
+
+/// The data stage's state for that message, as the session builds it.
+fn data_state(headers: &HeaderSection, body: &Arc<Vec<u8>>) -> DataState {
+    let sender = Mailbox::parse("a@example.org", false, false).unwrap();
+    let rcpt = Mailbox::parse("b@example.org", false, true).unwrap();
+    DataState::new(sender, vec![rcpt], headers.clone(), body.clone(), body.len() as u64, false, 50 << 20)
+}
+
 async fn mail_call_latencies(plugins: &Plugins, n: usize) -> Vec<Duration> {
     let mut session = PluginSession::new("bench", "127.0.0.1:1".parse().unwrap());
     let sender = Mailbox::parse("someone@example.org", false, false).unwrap();
@@ -87,24 +105,11 @@ async fn stage_call(cache: &std::path::Path) {
 async fn data_call(cache: &std::path::Path) {
     let hostile = plugin("reader", wasm::HOSTILE, json!({"behaviour": "ok", "stages": ["data"], "body": "full"}));
     let (plugins, _) = Plugins::load(&config_with(vec![hostile], cache)).await.unwrap();
-    let mut message = b"From: a@example.org\r\nSubject: bench\r\n\r\n".to_vec();
-    while message.len() < (1 << 20) + 40 {
-        message.extend_from_slice(b"a line of text of a typical length for a message body, more or less.\r\n");
-    }
-    let headers = HeaderSection::parse(&message);
-    let body = Arc::new(message[headers.body_offset as usize..].to_vec());
+    let (headers, body) = message_of_size((1 << 20) + 40);
     let mut session = PluginSession::new("bench", "127.0.0.1:1".parse().unwrap());
     let mut samples = Vec::new();
     for i in 0..220 {
-        let mut state = DataState::new(
-            Mailbox::parse("a@example.org", false, false).unwrap(),
-            vec![Mailbox::parse("b@example.org", false, true).unwrap()],
-            headers.clone(),
-            body.clone(),
-            body.len() as u64,
-            false,
-            50 << 20,
-        );
+        let mut state = data_state(&headers, &body);
         let started = Instant::now();
         let outcome = plugins.run(&mut session, &mut state).await;
         if i >= 20 {
@@ -126,13 +131,7 @@ async fn data_call(cache: &std::path::Path) {
 /// What each plugin of the end-to-end benchmark costs per message (5 KiB), fresh sandbox
 /// included, so the e2e gap can be attributed.
 async fn example_plugins(cache: &std::path::Path) {
-    let mut message = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: bench\r\n\r\n".to_vec();
-    while message.len() < 5 << 10 {
-        message.extend_from_slice(b"a line of text of a typical length for a message body, more or less.\r\n");
-    }
-    let headers = HeaderSection::parse(&message);
-    let body = Arc::new(message[headers.body_offset as usize..].to_vec());
-    let sender = Mailbox::parse("a@example.org", false, false).unwrap();
+    let (headers, body) = message_of_size(5 << 10);
     println!("5. per call of the e2e plugins, 5 KiB message, fresh sandbox (2000 calls each, p50):");
     let rewriter =
         plugin("rewriter", wasm::ADDRESS_REWRITER, json!({"masquerade": {"internal.example": "example.org"}}));
@@ -146,15 +145,7 @@ async fn example_plugins(cache: &std::path::Path) {
         let mut session = PluginSession::new("bench", "127.0.0.1:1".parse().unwrap());
         let mut samples = Vec::new();
         for _ in 0..2000 {
-            let mut state = DataState::new(
-                sender.clone(),
-                vec![sender.clone()],
-                headers.clone(),
-                body.clone(),
-                body.len() as u64,
-                false,
-                50 << 20,
-            );
+            let mut state = data_state(&headers, &body);
             let started = Instant::now();
             p.run(&mut session, &mut state).await;
             samples.push(started.elapsed());

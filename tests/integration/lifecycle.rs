@@ -23,8 +23,8 @@ async fn idle_client_gets_421_after_the_default_five_minutes() {
     proxy.stop().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_client_stalling_in_data_gets_421_and_nothing_is_delivered() {
+/// A proxy with default settings and a Maildir upstream, and a client that just got its 354.
+async fn in_data_with_defaults() -> (tempfile::TempDir, TestProxy, Client) {
     let dir = tempfile::tempdir().unwrap();
     let proxy = TestProxy::start("", &format!("maildir:{}", dir.path().display())).await;
     let mut c = proxy.client().await;
@@ -32,6 +32,12 @@ async fn a_client_stalling_in_data_gets_421_and_nothing_is_delivered() {
     c.cmd("MAIL FROM:<a@example.org>", 250).await;
     c.cmd("RCPT TO:<b@example.net>", 250).await;
     c.cmd("DATA", 354).await;
+    (dir, proxy, c)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_stalling_in_data_gets_421_and_nothing_is_delivered() {
+    let (dir, proxy, mut c) = in_data_with_defaults().await;
     c.send("Subject: stalled\r\n\r\nhalf").await;
     let r = c.reply_within(Duration::from_secs(3600)).await.expect("421");
     assert_eq!(r.code, 421, "{r:?}");
@@ -44,13 +50,7 @@ async fn a_client_stalling_in_data_gets_421_and_nothing_is_delivered() {
 async fn a_client_below_the_minimum_data_rate_gets_421() {
     // 1 KiB/s minimum after the 5 minute idle allowance: one byte every 200 s never trips the
     // idle timeout, but the transfer as a whole is far too slow.
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = TestProxy::start("", &format!("maildir:{}", dir.path().display())).await;
-    let mut c = proxy.client().await;
-    c.greet().await;
-    c.cmd("MAIL FROM:<a@example.org>", 250).await;
-    c.cmd("RCPT TO:<b@example.net>", 250).await;
-    c.cmd("DATA", 354).await;
+    let (dir, proxy, mut c) = in_data_with_defaults().await;
     let started = tokio::time::Instant::now();
     let reply = loop {
         c.send("x").await;
