@@ -9,9 +9,11 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
 use wasmtp::Config;
 use wasmtp::config::PluginConfig;
+use wasmtp::filter::api::Connection;
+use wasmtp::filter::host::{NoteScopes, Notes};
+use wasmtp::filter::stages::{DataState, MailState, StageState};
+use wasmtp::filter::{Chain, Outcome};
 use wasmtp::message::HeaderSection;
-use wasmtp::plugins::Plugins;
-use wasmtp::plugins::chain::{DataState, MailState, PluginSession};
 use wasmtp::smtp::Mailbox;
 use wasmtp::smtp::command;
 use wasmtp::smtp::data::{DataReceiver, DotStuffer, LineEndings};
@@ -73,6 +75,13 @@ fn data(c: &mut Criterion) {
     group.finish();
 }
 
+/// Runs one stage outside any session, as a session with no notes would.
+async fn run_stage<S: StageState>(chain: &Chain, state: &mut S) -> Outcome {
+    let conn = Connection::new("bench".into(), "127.0.0.1:1".parse().unwrap());
+    let mut notes = Notes::default();
+    chain.run(&conn, NoteScopes { session: &mut notes, transaction: None }, state).await
+}
+
 fn plugin(name: &str, path: &str, config: serde_json::Value) -> PluginConfig {
     PluginConfig { config: serde_json::from_value(config).unwrap(), ..PluginConfig::new(name, path) }
 }
@@ -83,18 +92,17 @@ fn plugins(c: &mut Criterion) {
     let load = |p: PluginConfig| {
         let mut config = Config { plugins: vec![p], ..Default::default() };
         config.sandbox.cache_dir = Some(cache.path().to_path_buf());
-        runtime.block_on(Plugins::load(&config)).unwrap().0
+        runtime.block_on(wasmtp::wasm::load(&config)).unwrap().0
     };
     let mail = load(plugin("bouncer", wasm::SDK_EXAMPLE, json!({})));
     let reader = load(plugin("reader", wasm::HOSTILE, json!({"behaviour": "ok", "stages": ["data"], "body": "full"})));
-    let mut session = PluginSession::new("bench", "127.0.0.1:1".parse().unwrap());
     let sender = Mailbox::parse("someone@example.org", false, false).unwrap();
 
     let mut group = c.benchmark_group("plugin");
     group.bench_function("mail stage call incl. fresh sandbox", |b| {
         b.iter(|| {
             let mut state = MailState { sender: sender.clone(), params: vec![], utf8: false };
-            runtime.block_on(mail.run(&mut session, &mut state))
+            runtime.block_on(run_stage(&mail, &mut state))
         })
     });
 
@@ -116,7 +124,7 @@ fn plugins(c: &mut Criterion) {
                 false,
                 50 << 20,
             );
-            runtime.block_on(reader.run(&mut session, &mut state))
+            runtime.block_on(run_stage(&reader, &mut state))
         })
     });
     group.finish();

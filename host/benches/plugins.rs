@@ -16,11 +16,21 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use wasmtp::Config;
 use wasmtp::config::PluginConfig;
+use wasmtp::filter::Chain;
+use wasmtp::filter::Outcome;
+use wasmtp::filter::api::Connection;
+use wasmtp::filter::host::{NoteScopes, Notes};
+use wasmtp::filter::stages::{DataState, MailState, StageState};
 use wasmtp::message::HeaderSection;
-use wasmtp::plugins::Plugins;
-use wasmtp::plugins::chain::{DataState, MailState, Outcome, PluginSession};
 use wasmtp::smtp::Mailbox;
 use wasmtp_test_artifacts as wasm;
+
+/// Runs one stage outside any session, as a session with no notes would.
+async fn run_stage<S: StageState>(chain: &Chain, state: &mut S) -> Outcome {
+    let conn = Connection::new("bench".into(), "127.0.0.1:1".parse().unwrap());
+    let mut notes = Notes::default();
+    chain.run(&conn, NoteScopes { session: &mut notes, transaction: None }, state).await
+}
 
 fn plugin(name: &str, path: &str, config: serde_json::Value) -> PluginConfig {
     PluginConfig { config: serde_json::from_value(config).unwrap(), ..PluginConfig::new(name, path) }
@@ -67,14 +77,13 @@ fn data_state(headers: &HeaderSection, body: &Arc<Vec<u8>>) -> DataState {
     DataState::new(sender, vec![rcpt], headers.clone(), body.clone(), body.len() as u64, false, 50 << 20)
 }
 
-async fn mail_call_latencies(plugins: &Plugins, n: usize) -> Vec<Duration> {
-    let mut session = PluginSession::new("bench", "127.0.0.1:1".parse().unwrap());
+async fn mail_call_latencies(plugins: &Chain, n: usize) -> Vec<Duration> {
     let sender = Mailbox::parse("someone@example.org", false, false).unwrap();
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let mut state = MailState { sender: sender.clone(), params: vec![], utf8: false };
         let started = Instant::now();
-        let outcome = plugins.run(&mut session, &mut state).await;
+        let outcome = run_stage(plugins, &mut state).await;
         samples.push(started.elapsed());
         assert_eq!(outcome, Outcome::Continue);
     }
@@ -83,9 +92,9 @@ async fn mail_call_latencies(plugins: &Plugins, n: usize) -> Vec<Duration> {
 }
 
 async fn stage_call(cache: &std::path::Path) {
-    let empty = Plugins::none();
+    let empty = Chain::empty();
     let (one, _) =
-        Plugins::load(&config_with(vec![plugin("bouncer", wasm::SDK_EXAMPLE, json!({}))], cache)).await.unwrap();
+        wasmtp::wasm::load(&config_with(vec![plugin("bouncer", wasm::SDK_EXAMPLE, json!({}))], cache)).await.unwrap();
     mail_call_latencies(&one, 500).await; // warm-up
     let base = mail_call_latencies(&empty, 20_000).await;
     let calls = mail_call_latencies(&one, 20_000).await;
@@ -104,14 +113,13 @@ async fn stage_call(cache: &std::path::Path) {
 
 async fn data_call(cache: &std::path::Path) {
     let hostile = plugin("reader", wasm::HOSTILE, json!({"behaviour": "ok", "stages": ["data"], "body": "full"}));
-    let (plugins, _) = Plugins::load(&config_with(vec![hostile], cache)).await.unwrap();
+    let (plugins, _) = wasmtp::wasm::load(&config_with(vec![hostile], cache)).await.unwrap();
     let (headers, body) = message_of_size((1 << 20) + 40);
-    let mut session = PluginSession::new("bench", "127.0.0.1:1".parse().unwrap());
     let mut samples = Vec::new();
     for i in 0..220 {
         let mut state = data_state(&headers, &body);
         let started = Instant::now();
-        let outcome = plugins.run(&mut session, &mut state).await;
+        let outcome = run_stage(&plugins, &mut state).await;
         if i >= 20 {
             samples.push(started.elapsed());
         }
@@ -137,17 +145,16 @@ async fn example_plugins(cache: &std::path::Path) {
         plugin("rewriter", wasm::ADDRESS_REWRITER, json!({"masquerade": {"internal.example": "example.org"}}));
     let stamper = plugin("stamper", wasm::HEADER_STAMPER, json!({"add": {"X-Filtered-By": "wasmtp"}}));
     let guard = plugin("guard", wasm::CONTENT_GUARD, json!({}));
-    let (p, _) = Plugins::load(&config_with(vec![rewriter], cache)).await.unwrap();
+    let (p, _) = wasmtp::wasm::load(&config_with(vec![rewriter], cache)).await.unwrap();
     let mail = mail_call_latencies(&p, 2000).await;
     println!("   address-rewriter at MAIL: {:.1} us", us(percentile(&mail, 0.5)));
     for (name, pc) in [("header-stamper", stamper), ("content-guard", guard)] {
-        let (p, _) = Plugins::load(&config_with(vec![pc], cache)).await.unwrap();
-        let mut session = PluginSession::new("bench", "127.0.0.1:1".parse().unwrap());
+        let (p, _) = wasmtp::wasm::load(&config_with(vec![pc], cache)).await.unwrap();
         let mut samples = Vec::new();
         for _ in 0..2000 {
             let mut state = data_state(&headers, &body);
             let started = Instant::now();
-            p.run(&mut session, &mut state).await;
+            run_stage(&p, &mut state).await;
             samples.push(started.elapsed());
         }
         samples.sort();
@@ -161,14 +168,13 @@ async fn spin_overshoot(cache: &std::path::Path) {
     spinner.limits.time = budget;
     spinner.on_error = wasmtp::config::OnError::Tempfail;
     spinner.breaker.failures = u32::MAX;
-    let (plugins, _) = Plugins::load(&config_with(vec![spinner], cache)).await.unwrap();
-    let mut session = PluginSession::new("bench", "127.0.0.1:1".parse().unwrap());
+    let (plugins, _) = wasmtp::wasm::load(&config_with(vec![spinner], cache)).await.unwrap();
     let sender = Mailbox::parse("someone@example.org", false, false).unwrap();
     let mut over = Vec::new();
     for _ in 0..50 {
         let mut state = MailState { sender: sender.clone(), params: vec![], utf8: false };
         let started = Instant::now();
-        let outcome = plugins.run(&mut session, &mut state).await;
+        let outcome = run_stage(&plugins, &mut state).await;
         over.push(started.elapsed().saturating_sub(budget));
         assert!(matches!(outcome, Outcome::Tempfail(_)));
     }

@@ -8,7 +8,6 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, LogFormat, UpstreamUrl};
-use crate::plugins::Plugins;
 
 #[derive(Debug, Parser)]
 #[command(name = "wasmtp", version, about = "A WebAssembly SMTP filtering proxy")]
@@ -78,12 +77,12 @@ pub fn main() -> anyhow::Result<()> {
                 return Ok(());
             }
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let (plugins, reports) = runtime.block_on(Plugins::load(&config))?;
-            for (report, plugin) in reports.iter().zip(plugins.list()) {
+            let (chain, reports) = runtime.block_on(crate::wasm::load(&config))?;
+            for (report, plugin) in reports.iter().zip(chain.plugins()) {
                 println!(
                     "  plugin {}: {} ({:?}, {:.1} ms)",
                     report.name,
-                    crate::plugins::describe(&plugin.manifest),
+                    plugin.manifest,
                     report.origin,
                     report.elapsed.as_secs_f64() * 1000.0
                 );

@@ -284,22 +284,22 @@ async fn a_warm_compile_cache_skips_compilation() {
     let cache = tempfile::tempdir().unwrap();
     let mut config = with_plugins(vec![plugin("stamper", wasm::HEADER_STAMPER, json!({}))]);
     config.sandbox.cache_dir = Some(cache.path().to_path_buf());
-    let (_, cold) = wasmtp::plugins::Plugins::load(&config).await.unwrap();
-    assert_eq!(cold[0].origin, wasmtp::plugins::cache::Origin::Compiled);
-    let (_, warm) = wasmtp::plugins::Plugins::load(&config).await.unwrap();
-    assert_eq!(warm[0].origin, wasmtp::plugins::cache::Origin::Cache);
+    let (_, cold) = wasmtp::wasm::load(&config).await.unwrap();
+    assert_eq!(cold[0].origin, wasmtp::wasm::cache::Origin::Compiled);
+    let (_, warm) = wasmtp::wasm::load(&config).await.unwrap();
+    assert_eq!(warm[0].origin, wasmtp::wasm::cache::Origin::Cache);
     // A damaged cache entry is recompiled, not trusted.
     for entry in std::fs::read_dir(cache.path()).unwrap() {
         std::fs::write(entry.unwrap().path(), b"garbage").unwrap();
     }
-    let (_, again) = wasmtp::plugins::Plugins::load(&config).await.unwrap();
-    assert_eq!(again[0].origin, wasmtp::plugins::cache::Origin::Compiled);
+    let (_, again) = wasmtp::wasm::load(&config).await.unwrap();
+    assert_eq!(again[0].origin, wasmtp::wasm::cache::Origin::Compiled);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_that_cannot_load_stops_the_start_with_its_name() {
     let mut config = with_plugins(vec![plugin("broken", "/nonexistent/plugin.wasm", json!({}))]);
     config.sandbox.cache_dir = Some(shared_compile_cache());
-    let err = wasmtp::plugins::Plugins::load(&config).await.unwrap_err();
+    let err = wasmtp::wasm::load(&config).await.unwrap_err();
     assert!(format!("{err:#}").contains("plugin `broken`"), "{err:#}");
 }

@@ -76,7 +76,7 @@ async fn every_hostile_fixture_is_contained() {
         ("invalid-reply", "invalid-answer"),
         ("crlf-reply", "invalid-answer"),
         ("crlf-rewrite", "invalid-answer"),
-        ("host-loop", "host-error"),
+        ("host-loop", "host-call-budget"),
     ];
     let up = Recorder::start(Script::default()).await;
     let plugins = cases.iter().map(|(b, _)| hostile(&format!("hostile-{b}"), b, limit)).collect::<Vec<_>>();

@@ -20,6 +20,14 @@ impl Field {
         Self { name: name.to_string(), value: value.to_string(), raw: None }
     }
 
+    /// Octets this field renders to.
+    fn rendered_len(&self) -> usize {
+        match &self.raw {
+            Some(raw) => raw.len(),
+            None => self.name.len() + 2 + self.value.len() + 2,
+        }
+    }
+
     fn write_to(&self, out: &mut Vec<u8>) {
         match &self.raw {
             Some(raw) => out.extend_from_slice(raw),
@@ -127,6 +135,16 @@ impl HeaderSection {
         self.changed = true;
     }
 
+    /// The length of [`HeaderSection::render`]'s output, without rendering.
+    pub fn rendered_len(&self, body_is_empty: bool) -> usize {
+        self.fields.iter().map(Field::rendered_len).sum::<usize>() + if self.separated(body_is_empty) { 2 } else { 0 }
+    }
+
+    /// Whether the rendered section ends with the blank line.
+    fn separated(&self, body_is_empty: bool) -> bool {
+        self.blank_line || (self.changed && !self.fields.is_empty() && !body_is_empty)
+    }
+
     /// Renders the header section including the blank line that separates it from the body
     /// (kept when the original had it, added when edits made a header section appear in front of
     /// a body).
@@ -135,7 +153,7 @@ impl HeaderSection {
         for field in &self.fields {
             field.write_to(&mut out);
         }
-        if self.blank_line || (self.changed && !self.fields.is_empty() && !body_is_empty) {
+        if self.separated(body_is_empty) {
             out.extend_from_slice(b"\r\n");
         }
         out
@@ -175,6 +193,7 @@ mod tests {
         h.remove(h.find("x-tag", 1).unwrap());
         h.insert(0, Field::new("X-First", "1"));
         h.append(Field::new("X-Last", "2"));
+        assert_eq!(h.rendered_len(false), h.render(false).len());
         assert_eq!(
             h.render(false),
             b"X-First: 1\r\nFrom: a@example.org\r\nSubject: changed\r\nx-tag: 2\r\nX-Last: 2\r\n\r\n"

@@ -2,6 +2,8 @@
 //! section in memory, then the body — the original bytes from the [`MessageBuffer`] or a
 //! plugin's replacement.
 
+use std::sync::Arc;
+
 use super::{CHUNK, MessageBuffer};
 
 /// Where the body comes from.
@@ -10,7 +12,7 @@ pub enum Body {
     /// The received content from this offset on.
     Original { offset: u64 },
     /// A plugin's replacement body.
-    Replaced(Vec<u8>),
+    Replaced(Arc<Vec<u8>>),
 }
 
 /// A message ready to be streamed: read it with [`Outgoing::rewind`] and
@@ -106,7 +108,8 @@ mod tests {
         assert_eq!(collect(&mut out).await, b"P: 1\r\nbody text\r\n");
         assert_eq!(collect(&mut out).await, b"P: 1\r\nbody text\r\n", "rewind restarts");
         assert_eq!(out.len(), 17);
-        let mut out = Outgoing::new(b"P: 1\r\n\r\n".to_vec(), Body::Replaced(b"new\r\n".to_vec()), &mut buffer);
+        let mut out =
+            Outgoing::new(b"P: 1\r\n\r\n".to_vec(), Body::Replaced(Arc::new(b"new\r\n".to_vec())), &mut buffer);
         assert_eq!(collect(&mut out).await, b"P: 1\r\n\r\nnew\r\n");
     }
 }

@@ -1,25 +1,19 @@
 //! DATA: answer 354 ourselves, receive the whole message (bounded, spilled to disk when large),
-//! decide on what was received, and only then relay it upstream and pass the upstream's final
-//! reply back — so the client hears 250 only for a message the upstream took.
+//! refuse what cannot be relayed, and hand the rest to [`super::message`], which filters and
+//! relays it — so the client hears 250 only for a message the upstream took.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant as TokioInstant;
 
-use std::sync::Arc;
-
 use super::io::{DATA_READ, ReadOutcome};
-use super::{Flow, Session, Transaction};
-use crate::auth::{Auth, EarlierChecks};
-use crate::message::headers::MAX_HEADER_SECTION;
-use crate::message::outgoing::Body;
-use crate::message::{HeaderSection, MessageBuffer, Outgoing, TraceInfo, received_header};
-use crate::plugins::bindings::Stage;
-use crate::plugins::chain::{DataState, Outcome};
+use super::transaction::{Ending, Transaction};
+use super::{Flow, Session};
+use crate::config::Config;
+use crate::message::{MessageBuffer, TraceInfo, received_header};
+use crate::replies;
+use crate::smtp::Reply;
 use crate::smtp::data::{DataReceiver, Faults, LineEndings};
-use crate::smtp::{Mailbox, Reply};
-use crate::upstream::Sender;
-use crate::upstream::maildir::MaildirSession;
 
 /// How receiving the message ended.
 enum Received {
@@ -36,240 +30,77 @@ enum Received {
     Shutdown,
 }
 
+/// What the client hears for its message, and whether the session goes on.
+#[derive(Debug)]
+pub(super) struct Answer {
+    pub reply: Reply,
+    pub flow: Flow,
+}
+
+impl Answer {
+    pub fn reply(reply: Reply) -> Self {
+        Self { reply, flow: Flow::Continue }
+    }
+}
+
 impl Session {
     pub(super) async fn data(&mut self) -> Flow {
         let Some(txn) = &self.transaction else {
-            return self.error(Reply::enhanced(503, (5, 5, 1), "Need MAIL command"));
+            return self.error(replies::bad_sequence("Need MAIL command"));
         };
         if txn.recipients.is_empty() {
-            self.reply(Reply::enhanced(554, (5, 5, 1), "No valid recipients"));
+            self.reply(replies::no_valid_recipients());
             return Flow::Continue;
         }
         if txn.broken {
-            self.reply(Reply::enhanced(451, (4, 4, 2), "Upstream connection lost, try again later"));
+            self.reply(replies::upstream_lost());
             return Flow::Continue;
         }
-        let header = self.trace_header(txn);
-        self.reply(Reply::new(354, None, "End data with <CR><LF>.<CR><LF>"));
+        let trace = self.trace_header(txn);
+        self.reply(replies::start_data());
         if self.io.flush().await.is_err() {
             return Flow::Close;
         }
 
         let received = self.receive().await;
-        let txn = self.transaction.take().expect("checked above");
+        let mut txn = self.transaction.take().expect("checked above");
         self.io.shrink_input();
-        if !matches!(received, Received::Complete { .. }) {
-            self.plugin_session.end_transaction();
-        }
-        match received {
-            Received::Complete { mut message, faults, spool_error, size } => {
-                // A client that sends bare CR, bare LF or NUL is not speaking SMTP: whatever it
-                // pipelined after this message is not trusted either, so the session ends after
-                // the refusal (as Postfix's smtpd_forbid_bare_newline does).
-                let hostile = faults.bad_line_endings() && self.ctx.config.server.line_endings == LineEndings::Reject;
-                let (reply, flow) = match refusal(&faults, spool_error.as_ref(), &self.ctx.config) {
-                    Some(reply) => {
-                        self.upstream.rset().await;
-                        (reply, Flow::Continue)
-                    }
-                    None => self.filter_and_relay(&txn, &mut message, header).await,
-                };
-                self.plugin_session.end_transaction();
-                self.log_transaction(&txn, size, &reply);
-                self.reply(reply);
-                if flow == Flow::Close {
-                    return Flow::Close;
-                }
-                if hostile {
-                    return Flow::Close;
-                }
-                if faults.bad_line_endings() && !self.io.input.is_empty() {
-                    // Normalised, the message went on; commands pipelined behind sloppy line
-                    // endings are exactly what smuggling looks like, so they are not executed.
-                    return self.synchronization_error(&crate::smtp::Command::Data);
-                }
-                Flow::Continue
-            }
+        let (mut message, faults, spool_error, size) = match received {
+            Received::Complete { message, faults, spool_error, size } => (message, faults, spool_error, size),
             Received::ClientGone => {
-                tracing::info!(sender = %txn.mail.sender, "client left during DATA; nothing relayed");
-                Flow::Close
+                self.end_transaction(txn, Ending::Abandoned("client left during DATA")).await;
+                return Flow::Close;
             }
             Received::TimedOut => {
-                tracing::info!(sender = %txn.mail.sender, "client too slow during DATA; nothing relayed");
-                self.reply(Reply::enhanced(
-                    421,
-                    (4, 4, 2),
-                    format!("{} Timeout during DATA, closing connection", self.ctx.hostname),
-                ));
-                Flow::Close
+                self.end_transaction(txn, Ending::Abandoned("client too slow during DATA")).await;
+                self.reply(replies::data_timeout(&self.ctx.hostname));
+                return Flow::Close;
             }
             Received::Shutdown => {
-                self.reply(Reply::enhanced(421, (4, 3, 2), format!("{} Service shutting down", self.ctx.hostname)));
-                Flow::Close
+                self.end_transaction(txn, Ending::Abandoned("shut down during DATA")).await;
+                self.reply(replies::shutting_down(&self.ctx.hostname));
+                return Flow::Close;
             }
-        }
-    }
-
-    /// Runs the data stage over the received message, then relays it (or quarantines it) as the
-    /// plugins left it. Returns the client's reply and whether the session goes on.
-    async fn filter_and_relay(
-        &mut self,
-        txn: &Transaction,
-        message: &mut MessageBuffer,
-        trace: String,
-    ) -> (Reply, Flow) {
-        let plugins = self.ctx.plugins.clone();
-        let auth = self.ctx.auth.clone();
-        if !plugins.wants(Stage::Data) && auth.is_none() {
-            let mut out = Outgoing::unchanged(trace.into_bytes(), message);
-            return (self.relay(&mut out).await, Flow::Continue);
-        }
-        let local_failure = |err: std::io::Error| {
-            tracing::error!(error = %err, "cannot read the buffered message");
-            (Reply::enhanced(451, (4, 3, 0), "Local error reading the message, try again later"), Flow::Continue)
         };
-        let mut headers = match message.read_header_section(MAX_HEADER_SECTION).await {
-            Ok(head) => HeaderSection::parse(&head),
-            Err(err) => return local_failure(err),
+        let answer = match refusal(&faults, spool_error.as_ref(), &self.ctx.config) {
+            Some(reply) => Answer::reply(reply),
+            None => self.filter_and_relay(&mut txn, &mut message, trace).await,
         };
-        let mut auth_header = String::new();
-        if let Some(auth) = &auth {
-            if auth.checks_enabled() {
-                let raw = match message.read_prefix(0, message.len() as usize).await {
-                    Ok(raw) => raw,
-                    Err(err) => return local_failure(err),
-                };
-                let helo = self.helo.as_ref().map_or("", |h| h.name.as_str()).to_string();
-                let earlier = EarlierChecks {
-                    client_ip: self.peer.ip(),
-                    helo: &helo,
-                    mail_from: txn.mail.sender.as_str(),
-                    iprev: self.auth_state.iprev.as_ref(),
-                    spf_helo: self.auth_state.spf_helo.as_ref().map(|(_, spf)| spf),
-                    spf_mail: self.auth_state.spf_mail.as_ref(),
-                };
-                let checks = auth.message(&raw, &earlier).await;
-                let results = self.plugin_session.auth_mut();
-                results.dkim = checks.dkim;
-                results.arc = checks.arc;
-                results.dmarc = checks.dmarc;
-                auth_header = checks.header;
-            }
-            remove_forged_auth_results(&mut headers, auth.authserv_id());
+        self.end_transaction(txn, Ending::Answered { size, reply: &answer.reply }).await;
+        self.reply(answer.reply);
+        // A client that sends bare CR, bare LF or NUL is not speaking SMTP: whatever it
+        // pipelined after this message is not trusted either, so the session ends after the
+        // refusal (as Postfix's smtpd_forbid_bare_newline does).
+        let hostile = faults.bad_line_endings() && self.ctx.config.server.line_endings == LineEndings::Reject;
+        if answer.flow == Flow::Close || hostile {
+            return Flow::Close;
         }
-        let body_offset = headers.body_offset;
-        let body_len = message.len().saturating_sub(body_offset);
-        let original_body = match message.read_prefix(body_offset, plugins.max_body_needed()).await {
-            Ok(body) => body,
-            Err(err) => return local_failure(err),
-        };
-        let mut state = DataState::new(
-            txn.mail.sender.clone(),
-            txn.recipients.clone(),
-            headers,
-            Arc::new(original_body),
-            body_len,
-            txn.mail.smtputf8,
-            self.ctx.config.limits.max_message_size.bytes(),
-        );
-        match plugins.run(&mut self.plugin_session, &mut state).await {
-            Outcome::Continue => {}
-            Outcome::Reject(reply) | Outcome::Tempfail(reply) => {
-                self.upstream.rset().await;
-                return (reply, Flow::Continue);
-            }
-            Outcome::Disconnect(reply) => {
-                self.upstream.rset().await;
-                return (reply, Flow::Close);
-            }
+        if faults.bad_line_endings() && !self.io.input.is_empty() {
+            // Normalised, the message went on; commands pipelined behind sloppy line endings
+            // are exactly what smuggling looks like, so they are not executed.
+            return self.synchronization_error(&crate::smtp::Command::Data);
         }
-
-        let body_is_empty = state.replaced_body.as_ref().map_or(body_len == 0, |b| b.is_empty());
-        let mut prefix = Vec::new();
-        if let Some((plugin, reason)) = &state.quarantine {
-            prefix.extend_from_slice(format!("X-Wasmtp-Quarantine: {plugin}: {reason}\r\n").as_bytes());
-        }
-        prefix.extend_from_slice(trace.as_bytes());
-        prefix.extend_from_slice(auth_header.as_bytes());
-        prefix.extend_from_slice(&state.headers.render(body_is_empty));
-        let body = match state.replaced_body.take() {
-            Some(body) => Body::Replaced(Arc::unwrap_or_clone(body)),
-            None => Body::Original { offset: body_offset },
-        };
-        let mut out = Outgoing::new(prefix, body, message);
-        if let Some(auth) = &auth
-            && state.quarantine.is_none()
-        {
-            // Signed last, over the message exactly as it leaves, so no edit can break it.
-            match sign(auth, &mut out).await {
-                Ok(None) => {}
-                Ok(Some(signature)) => out.prepend(signature.as_bytes()),
-                Err(err) => {
-                    tracing::error!(error = %err, "DKIM signing failed");
-                    self.upstream.rset().await;
-                    return (
-                        Reply::enhanced(451, (4, 3, 0), "Cannot sign the message right now, try again later"),
-                        Flow::Continue,
-                    );
-                }
-            }
-        }
-        let sender = Sender {
-            mailbox: &state.sender,
-            size: txn.mail.size.map(|_| out.len()),
-            body: txn.mail.body,
-            smtputf8: txn.mail.smtputf8,
-        };
-
-        if let Some((plugin, reason)) = &state.quarantine {
-            self.upstream.rset().await;
-            let reply = self.quarantine(&sender, &state.recipients, &mut out).await;
-            tracing::info!(%plugin, %reason, %reply, "message quarantined");
-            return (reply, Flow::Continue);
-        }
-        if state.envelope_changed {
-            tracing::info!(sender = %state.sender, recipients = ?state.recipients, "envelope changed by plugins: replaying upstream");
-            match self.upstream.replay(&sender, &state.recipients).await {
-                Ok(None) => {}
-                Ok(Some(refusal)) => return (refusal, Flow::Continue),
-                Err(err) => {
-                    tracing::warn!(error = %err, "upstream failed replaying the envelope");
-                    return (err.client_reply(), Flow::Continue);
-                }
-            }
-        }
-        (self.relay(&mut out).await, Flow::Continue)
-    }
-
-    /// Sends the message upstream and returns the upstream's final reply (or a 4xx).
-    async fn relay(&mut self, out: &mut Outgoing<'_>) -> Reply {
-        match self.upstream.data(out).await {
-            Ok(reply) => reply,
-            Err(err) => {
-                tracing::warn!(error = %err, "upstream failed at DATA");
-                err.client_reply()
-            }
-        }
-    }
-
-    /// Delivers into the quarantine Maildir instead of the upstream.
-    async fn quarantine(&self, sender: &Sender<'_>, recipients: &[Mailbox], out: &mut Outgoing<'_>) -> Reply {
-        let Some(maildir) = &self.ctx.quarantine else {
-            tracing::error!("quarantine requested but no quarantine Maildir is set up");
-            return Reply::enhanced(451, (4, 3, 0), "Cannot store the message right now, try again later");
-        };
-        let mut session = MaildirSession::new(maildir.clone());
-        session.mail(sender);
-        for recipient in recipients {
-            session.rcpt(recipient);
-        }
-        match session.deliver(out).await {
-            Ok(_) => Reply::enhanced(250, (2, 0, 0), "Ok: message accepted"),
-            Err(err) => {
-                tracing::error!(error = %err, "quarantine delivery failed");
-                err.client_reply()
-            }
-        }
+        Flow::Continue
     }
 
     fn trace_header(&self, txn: &Transaction) -> String {
@@ -349,70 +180,21 @@ impl Session {
             }
         }
     }
-
-    fn log_transaction(&mut self, txn: &Transaction, size: u64, reply: &Reply) {
-        self.transactions += 1;
-        let outcome = match reply.code() {
-            200..=299 => "delivered",
-            400..=499 => "tempfailed",
-            _ => "rejected",
-        };
-        tracing::info!(
-            sender = %txn.mail.sender,
-            recipients = txn.recipients.len(),
-            size,
-            outcome,
-            upstream = %self.upstream.describe(),
-            reply = %reply,
-            duration_ms = Instant::now().duration_since(txn.started).as_millis() as u64,
-            "transaction"
-        );
-    }
 }
 
 /// The reply for a message that must not be relayed, if any.
-fn refusal(faults: &Faults, spool_error: Option<&std::io::Error>, config: &crate::config::Config) -> Option<Reply> {
+fn refusal(faults: &Faults, spool_error: Option<&std::io::Error>, config: &Config) -> Option<Reply> {
     if faults.too_big {
-        return Some(Reply::enhanced(552, (5, 3, 4), "Message size exceeds fixed limit"));
+        return Some(replies::message_too_big());
     }
     if faults.bad_line_endings() && config.server.line_endings == LineEndings::Reject {
-        return Some(Reply::enhanced(
-            550,
-            (5, 6, 0),
-            "Message contains bare CR, bare LF or NUL; send lines ending in CRLF",
-        ));
+        return Some(replies::bare_line_ending_in_data());
     }
     if faults.long_line {
-        return Some(Reply::enhanced(
-            550,
-            (5, 6, 0),
-            format!("Message contains a line longer than {} octets", config.limits.max_line_length),
-        ));
+        return Some(replies::data_line_too_long(config.limits.max_line_length));
     }
     if spool_error.is_some() {
-        return Some(Reply::enhanced(451, (4, 3, 0), "Cannot store the message right now, try again later"));
+        return Some(replies::cannot_store());
     }
     None
-}
-
-/// Removes `Authentication-Results:` fields that claim our authserv-id: only we may write
-/// those (RFC 8601 §5).
-fn remove_forged_auth_results(headers: &mut HeaderSection, authserv_id: &str) {
-    while let Some(i) = headers.fields.iter().position(|f| {
-        f.name.eq_ignore_ascii_case("Authentication-Results")
-            && f.value.split(';').next().is_some_and(|id| id.trim().eq_ignore_ascii_case(authserv_id))
-    }) {
-        tracing::info!(authserv_id, "removed an Authentication-Results header claiming our authserv-id");
-        headers.remove(i);
-    }
-}
-
-/// The DKIM signature of the outgoing message, if signing is configured.
-async fn sign(auth: &Auth, out: &mut Outgoing<'_>) -> Result<Option<String>, String> {
-    let mut whole = Vec::with_capacity(out.len() as usize);
-    out.rewind().await.map_err(|e| e.to_string())?;
-    while let Some(chunk) = out.next_chunk().await.map_err(|e| e.to_string())? {
-        whole.extend_from_slice(chunk);
-    }
-    auth.sign(&whole).transpose()
 }

@@ -1,34 +1,29 @@
 //! HELO and EHLO: the client introduces itself; EHLO gets the extensions both the proxy and
-//! the upstream support (DESIGN §3).
+//! the upstream support.
 
 use super::{Advertised, Flow, Helo, Session};
-use crate::plugins::chain::{EhloState, Outcome};
+use crate::filter::Outcome;
+use crate::filter::stages::EhloState;
 use crate::smtp::Reply;
 
 impl Session {
     pub(super) async fn helo(&mut self, name: String, esmtp: bool) -> Flow {
         // A new HELO/EHLO resets any transaction (RFC 5321 §4.1.4).
         self.reset_transaction().await;
-        let plugins = self.ctx.plugins.clone();
-        let outcome = plugins.run(&mut self.plugin_session, &mut EhloState(name.clone())).await;
+        let outcome = self.run_session_stage(&mut EhloState(name.clone())).await;
         if outcome != Outcome::Continue {
             return self.refuse(outcome);
         }
-        self.plugin_session.set_helo(&name);
         self.upstream.set_helo(&name, esmtp);
         let hostname = self.ctx.hostname.clone();
+        let ours = self.ctx.config.limits.max_message_size.bytes();
         if !esmtp {
-            self.advertised = Advertised {
-                size: self.ctx.config.limits.max_message_size.bytes(),
-                eight_bit_mime: false,
-                smtputf8: false,
-            };
+            self.advertised = Advertised { size: ours, eight_bit_mime: false, smtputf8: false };
             self.reply(Reply::new(250, None, hostname));
             self.helo = Some(Helo { name, esmtp });
             return Flow::Continue;
         }
         let caps = self.upstream.capabilities().await;
-        let ours = self.ctx.config.limits.max_message_size.bytes();
         self.advertised = Advertised {
             size: caps.size.map_or(ours, |theirs| theirs.min(ours)),
             eight_bit_mime: caps.eight_bit_mime,

@@ -4,33 +4,40 @@
 //! and hands each to its verb's handler (one file per verb family: [`greeting`] for HELO/EHLO,
 //! [`envelope`] for MAIL/RCPT, [`data`] for DATA, [`misc`] for the rest). A refused command is a
 //! reply, not an error. Replies queue up and are flushed before the session waits for input, so
-//! pipelined commands get their replies in one write.
+//! pipelined commands get their replies in one write. What belongs to one mail transaction lives
+//! in its [`transaction::Transaction`].
 
 mod data;
 mod envelope;
 mod greeting;
 mod io;
+mod message;
 mod misc;
+mod transaction;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpStream;
 
-use crate::auth::Auth;
+use crate::auth::{Auth, AuthResults, Iprev, Spf};
 use crate::config::Config;
-use crate::plugins::Plugins;
-use crate::plugins::chain::{ConnectState, Outcome, PluginSession};
+use crate::filter::api::Connection;
+use crate::filter::host::{NoteScopes, Notes};
+use crate::filter::stages::{ConnectState, StageState};
+use crate::filter::{Chain, Outcome};
+use crate::replies;
 use crate::shutdown::ShutdownSignal;
-use crate::smtp::command::{self, Command, MailFrom};
+use crate::smtp::Reply;
+use crate::smtp::command::{self, Command};
 use crate::smtp::line::{Line, LineReader};
-use crate::smtp::{Mailbox, Reply};
 use crate::upstream::maildir::Maildir;
 use crate::upstream::{ClientInfo, Upstream, UpstreamTarget};
 use io::{ClientIo, ReadOutcome};
+use transaction::{Ending, Transaction};
 
 /// What every session shares.
 #[derive(Debug)]
@@ -40,7 +47,7 @@ pub struct SessionContext {
     pub upstream: UpstreamTarget,
     pub spool_dir: PathBuf,
     pub shutdown: ShutdownSignal,
-    pub plugins: Arc<Plugins>,
+    pub chain: Arc<Chain>,
     /// Where quarantined messages go (present when a plugin may quarantine).
     pub quarantine: Option<Arc<Maildir>>,
     /// Sender authentication (present when `[auth]` is enabled or signing is configured).
@@ -53,7 +60,7 @@ impl SessionContext {
         config: Config,
         upstream: UpstreamTarget,
         shutdown: ShutdownSignal,
-        plugins: Arc<Plugins>,
+        chain: Arc<Chain>,
         quarantine: Option<Arc<Maildir>>,
         auth: Option<Arc<Auth>>,
     ) -> Self {
@@ -61,11 +68,11 @@ impl SessionContext {
         let spool_dir = config.server.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
         // Session ids start from the clock so they do not repeat across restarts.
         let start = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) << 20;
-        Self { config, hostname, upstream, spool_dir, shutdown, plugins, quarantine, auth, ids: AtomicU64::new(start) }
+        Self { config, hostname, upstream, spool_dir, shutdown, chain, quarantine, auth, ids: AtomicU64::new(start) }
     }
 
-    fn next_id(&self) -> String {
-        format!("{:013X}", self.ids.fetch_add(1, Ordering::Relaxed))
+    fn next_id(&self) -> Arc<str> {
+        format!("{:013X}", self.ids.fetch_add(1, Ordering::Relaxed)).into()
     }
 }
 
@@ -91,16 +98,6 @@ struct Advertised {
     smtputf8: bool,
 }
 
-/// A mail transaction between MAIL and the end of DATA (or RSET).
-#[derive(Debug)]
-struct Transaction {
-    mail: MailFrom,
-    recipients: Vec<Mailbox>,
-    started: Instant,
-    /// The upstream connection was lost inside this transaction: nothing more can succeed.
-    broken: bool,
-}
-
 /// What ended a wait for client input.
 enum Input {
     Line(Line),
@@ -115,50 +112,45 @@ pub struct Session {
     io: ClientIo,
     lines: LineReader,
     peer: SocketAddr,
-    id: String,
+    id: Arc<str>,
     helo: Option<Helo>,
     advertised: Advertised,
     transaction: Option<Transaction>,
     upstream: Upstream,
     errors: u32,
+    /// Transactions answered so far (for the `Received:` id).
     transactions: u32,
-    plugin_session: PluginSession,
+    /// Notes plugins set outside a transaction; they last for the session.
+    notes: Notes,
     /// A connect-stage plugin refused the client: only QUIT is served.
     refused: bool,
-    auth_state: AuthState,
-}
-
-/// The authentication results of this session, as mail-auth reports them (for the header).
-#[derive(Debug, Default)]
-struct AuthState {
-    iprev: Option<mail_auth::IprevOutput>,
+    /// iprev for the client, when authentication is on.
+    iprev: Option<Iprev>,
     /// SPF for the HELO name it was computed for.
-    spf_helo: Option<(String, mail_auth::SpfOutput)>,
-    spf_mail: Option<mail_auth::SpfOutput>,
+    spf_helo: Option<(String, Spf)>,
 }
 
 /// Runs a session on an accepted connection until it ends.
 pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) {
     let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.into_split();
-    let id = ctx.next_id();
-    let plugin_id = id.clone();
     let upstream = ctx.upstream.session(ClientInfo { ip: peer.ip(), port: peer.port(), helo: None, esmtp: false });
     let max_size = ctx.config.limits.max_message_size.bytes();
     let mut session = Session {
         io: ClientIo::new(reader, writer, ctx.config.timeouts.idle),
         lines: LineReader::new(command::MAX_MAIL_RCPT_LINE),
         peer,
-        id,
+        id: ctx.next_id(),
         helo: None,
         advertised: Advertised { size: max_size, eight_bit_mime: false, smtputf8: false },
         transaction: None,
         upstream,
         errors: 0,
         transactions: 0,
-        plugin_session: PluginSession::new(&plugin_id, peer),
+        notes: Notes::default(),
         refused: false,
-        auth_state: AuthState::default(),
+        iprev: None,
+        spf_helo: None,
         ctx,
     };
     let span = tracing::info_span!("session", id = %session.id, client = %peer);
@@ -169,36 +161,53 @@ impl Session {
     async fn serve(&mut self) {
         tracing::debug!("connected");
         if self.ctx.shutdown.is_draining() {
-            self.reply(Reply::enhanced(421, (4, 3, 2), format!("{} Service shutting down", self.ctx.hostname)));
+            self.reply(replies::shutting_down(&self.ctx.hostname));
         } else if self.greet().await == Flow::Continue {
             while self.step().await == Flow::Continue {}
         }
         if let Some(txn) = self.transaction.take() {
-            tracing::info!(sender = %txn.mail.sender, recipients = txn.recipients.len(), "transaction abandoned by the client");
+            self.end_transaction(txn, Ending::Abandoned("transaction abandoned by the client")).await;
         }
-        self.upstream.rset().await;
         self.upstream.quit().await;
         self.io.close().await;
         tracing::debug!("closed");
     }
 
+    /// The connection facts plugins see at this point of the session.
+    fn facts(&self, txn: Option<&Transaction>) -> Connection {
+        let mut conn = Connection::new(self.id.clone(), self.peer);
+        conn.helo = self.helo.as_ref().map(|h| h.name.clone());
+        conn.client_name = self.iprev.as_ref().and_then(|i| i.check.verified_name()).map(String::from);
+        let message = txn.and_then(|t| t.message_auth.as_ref());
+        conn.auth = AuthResults {
+            iprev: self.iprev.as_ref().map(|i| i.check.clone()),
+            spf_helo: self.spf_helo.as_ref().map(|(_, spf)| spf.check.clone()),
+            spf_mail: txn.and_then(|t| t.spf_mail.as_ref()).map(|spf| spf.check.clone()),
+            dkim: message.map_or_else(Vec::new, |m| m.dkim.clone()),
+            arc: message.and_then(|m| m.arc),
+            dmarc: message.and_then(|m| m.dmarc.clone()),
+        };
+        conn
+    }
+
+    /// Runs the plugins of `S::STAGE` over `state` outside any transaction.
+    async fn run_session_stage<S: StageState>(&mut self, state: &mut S) -> Outcome {
+        let chain = self.ctx.chain.clone();
+        if !chain.wants(S::STAGE) {
+            return Outcome::Continue;
+        }
+        let conn = self.facts(None);
+        chain.run(&conn, NoteScopes { session: &mut self.notes, transaction: None }, state).await
+    }
+
     /// Runs the connect stage and sends the greeting it allows.
     async fn greet(&mut self) -> Flow {
-        if let Some(auth) = self.ctx.auth.clone()
-            && let Some(iprev) = auth.iprev(self.peer.ip()).await
-        {
-            let check = crate::auth::iprev_check(&iprev);
-            let verified = (check.result == crate::plugins::bindings::AuthResult::Pass)
-                .then(|| check.names.first().cloned())
-                .flatten();
-            self.plugin_session.set_client_name(verified);
-            self.plugin_session.auth_mut().iprev = Some(check);
-            self.auth_state.iprev = Some(iprev);
+        if let Some(auth) = self.ctx.auth.clone() {
+            self.iprev = auth.iprev(self.peer.ip()).await;
         }
-        let plugins = self.ctx.plugins.clone();
-        match plugins.run(&mut self.plugin_session, &mut ConnectState).await {
+        match self.run_session_stage(&mut ConnectState).await {
             Outcome::Continue => {
-                self.reply(Reply::new(220, None, format!("{} ESMTP wasmtp", self.ctx.hostname)));
+                self.reply(replies::greeting(&self.ctx.hostname));
                 Flow::Continue
             }
             // A greeting can only be 220, 554 (then 503 to all but QUIT) or 421 (then close).
@@ -226,23 +235,17 @@ impl Session {
         match self.next_input().await {
             Input::Line(Line::Complete(line)) => match command::parse(&line) {
                 Ok(cmd) => self.dispatch(cmd).await,
-                Err(reply) => self.error(reply),
+                Err(error) => self.error(replies::parse_error(&error)),
             },
-            Input::Line(Line::TooLong) => self.error(command::line_too_long()),
-            Input::Line(Line::Invalid) => {
-                self.error(Reply::enhanced(500, (5, 5, 2), "Bare CR, bare LF or NUL in command; use CRLF"))
-            }
+            Input::Line(Line::TooLong) => self.error(replies::line_too_long()),
+            Input::Line(Line::Invalid) => self.error(replies::bare_line_ending_in_command()),
             Input::Eof => Flow::Close,
             Input::IdleTimeout => {
-                self.reply(Reply::enhanced(
-                    421,
-                    (4, 4, 2),
-                    format!("{} Idle timeout, closing connection", self.ctx.hostname),
-                ));
+                self.reply(replies::idle_timeout(&self.ctx.hostname));
                 Flow::Close
             }
             Input::Shutdown => {
-                self.reply(Reply::enhanced(421, (4, 3, 2), format!("{} Service shutting down", self.ctx.hostname)));
+                self.reply(replies::shutting_down(&self.ctx.hostname));
                 Flow::Close
             }
             Input::Failed(err) => {
@@ -257,7 +260,7 @@ impl Session {
             return self.synchronization_error(&cmd);
         }
         if self.refused && !matches!(cmd, Command::Quit) {
-            return self.error(Reply::enhanced(503, (5, 5, 1), "Connection refused by policy; only QUIT is accepted"));
+            return self.error(replies::refused_connection_only_quit());
         }
         match cmd {
             Command::Helo(name) => self.helo(name, false).await,
@@ -282,7 +285,7 @@ impl Session {
         if matches!(cmd, Command::Quit) {
             return self.quit();
         }
-        self.reply(Reply::enhanced(554, (5, 5, 0), "Protocol synchronization error: input sent before our reply"));
+        self.reply(replies::synchronization_error());
         Flow::Close
     }
 
@@ -297,11 +300,7 @@ impl Session {
         self.errors += 1;
         if self.errors >= self.ctx.config.limits.max_errors {
             tracing::info!(errors = self.errors, "too many errors");
-            self.reply(Reply::enhanced(
-                421,
-                (4, 7, 0),
-                format!("{} Too many errors, closing connection", self.ctx.hostname),
-            ));
+            self.reply(replies::too_many_errors(&self.ctx.hostname));
             return Flow::Close;
         }
         Flow::Continue
@@ -335,17 +334,11 @@ impl Session {
         }
     }
 
-    /// Ends the current transaction here and upstream.
+    /// Ends the open transaction, if any, as reset (RSET, or a new HELO/EHLO).
     async fn reset_transaction(&mut self) {
-        self.end_transaction();
-        self.upstream.rset().await;
-    }
-
-    /// Forgets the transaction on our side (its notes and authentication results too).
-    fn end_transaction(&mut self) {
-        self.transaction = None;
-        self.auth_state.spf_mail = None;
-        self.plugin_session.end_transaction();
+        if let Some(txn) = self.transaction.take() {
+            self.end_transaction(txn, Ending::Reset).await;
+        }
     }
 
     /// Sends a plugin's refusal. Returns how the session goes on.

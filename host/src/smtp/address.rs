@@ -9,8 +9,55 @@ const MAX_PATH: usize = 256;
 
 /// A mailbox as it appears between the angle brackets, without any source route.
 /// The empty mailbox is the null reverse-path `<>`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+///
+/// Two mailboxes are equal when their local parts are equal as written and their domains are
+/// equal ignoring ASCII case (RFC 5321 §2.4: the local part may be case-sensitive, domains are
+/// not); `Postmaster` is equal in any case (§4.5.1). [`Mailbox::is`] applies the same rule to a
+/// plain string. The text is kept as the client wrote it.
+#[derive(Clone, Debug)]
 pub struct Mailbox(String);
+
+/// The mailbox's local part and domain, split at the last `@` (none for `Postmaster` and `<>`).
+fn split(mailbox: &str) -> (&str, Option<&str>) {
+    match mailbox.rsplit_once('@') {
+        Some((local, domain)) => (local, Some(domain)),
+        None => (mailbox, None),
+    }
+}
+
+fn same_mailbox(a: &str, b: &str) -> bool {
+    match (split(a), split(b)) {
+        ((la, Some(da)), (lb, Some(db))) => la == lb && da.eq_ignore_ascii_case(db),
+        ((la, None), (lb, None)) => la.eq_ignore_ascii_case(lb),
+        _ => false,
+    }
+}
+
+impl PartialEq for Mailbox {
+    fn eq(&self, other: &Self) -> bool {
+        same_mailbox(&self.0, &other.0)
+    }
+}
+
+impl Eq for Mailbox {}
+
+impl std::hash::Hash for Mailbox {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        match split(&self.0) {
+            (local, Some(domain)) => {
+                local.hash(state);
+                for b in domain.bytes() {
+                    state.write_u8(b.to_ascii_lowercase());
+                }
+            }
+            (name, None) => {
+                for b in name.bytes() {
+                    state.write_u8(b.to_ascii_lowercase());
+                }
+            }
+        }
+    }
+}
 
 impl Mailbox {
     pub fn null() -> Self {
@@ -23,6 +70,11 @@ impl Mailbox {
 
     pub fn is_null(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// Whether `other` names this mailbox, by the same rule as `==`.
+    pub fn is(&self, other: &str) -> bool {
+        same_mailbox(&self.0, other)
     }
 
     /// True when any octet is outside ASCII (needs SMTPUTF8 upstream).
@@ -225,6 +277,27 @@ mod tests {
         }
         let long = format!("<{}@example.org>", "a".repeat(65));
         assert_eq!(parse_path(&long, false).unwrap_err(), AddressError::TooLong);
+    }
+
+    #[test]
+    fn mailboxes_compare_with_the_domain_case_insensitive() {
+        let m = |s: &str| Mailbox::parse(s, true, true).unwrap();
+        assert_eq!(m("jane@Example.ORG"), m("jane@example.org"));
+        assert_ne!(m("Jane@example.org"), m("jane@example.org"), "the local part is compared as written");
+        assert_eq!(m("postmaster"), m("Postmaster"));
+        assert_ne!(m("postmaster"), m("postmaster@example.org"));
+        assert!(m("a@B.example").is("a@b.EXAMPLE"));
+        assert!(!m("a@b.example").is("b@b.example"));
+        assert_eq!(Mailbox::null(), Mailbox::null());
+        let hash = |m: &Mailbox| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            m.hash(&mut h);
+            h.finish()
+        };
+        assert_eq!(hash(&m("jane@Example.ORG")), hash(&m("jane@example.org")));
+        let set: std::collections::HashSet<Mailbox> = [m("x@A.example"), m("x@a.example")].into_iter().collect();
+        assert_eq!(set.len(), 1);
     }
 
     #[test]

@@ -1,9 +1,9 @@
-//! The command parser: one CRLF-free command line in, a typed [`Command`] or the reply that
-//! refuses it out. Pure: framing (finding CRLF, line limits, bare CR/LF) is done by
-//! [`super::line::LineReader`] before a line gets here.
+//! The command parser: one CRLF-free command line in, a typed [`Command`] or a typed
+//! [`ParseError`] out; the session turns errors into replies (as smtp-proto does). Pure: framing
+//! (finding CRLF, line limits, bare CR/LF) is done by [`super::line::LineReader`] before a line
+//! gets here.
 
 use super::address::{AddressError, Mailbox, parse_path};
-use super::reply::Reply;
 
 /// A parsed client command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +25,28 @@ pub enum Command {
     StartTls,
     /// Recognised so it can be refused clearly; AUTH is not offered.
     Auth,
+}
+
+/// Why a command line was not understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("command contains invalid UTF-8")]
+    InvalidUtf8,
+    #[error("command line too long")]
+    LineTooLong,
+    #[error("command not recognized")]
+    Unknown,
+    /// The verb takes no arguments.
+    #[error("{0} takes no arguments")]
+    NoArguments(&'static str),
+    /// The arguments do not fit the verb; the usage it expects.
+    #[error("syntax: {0}")]
+    Usage(&'static str),
+    /// An ESMTP parameter is malformed.
+    #[error("syntax error in parameters")]
+    Parameters,
+    #[error("bad {} address: {error}", if *.recipient { "recipient" } else { "sender" })]
+    Address { error: AddressError, recipient: bool },
 }
 
 impl Command {
@@ -83,20 +105,15 @@ pub struct RcptTo {
 }
 
 /// Longest line for MAIL and RCPT, which may carry parameters (RFC 5321 §4.5.3.1.4 lets
-/// extensions lengthen it; DESIGN §2.4 sets 2048).
+/// extensions lengthen it by what they need; 2048 leaves room for every parameter we accept).
 pub const MAX_MAIL_RCPT_LINE: usize = 2048;
 /// Longest line for every other command, CRLF included.
 pub const MAX_COMMAND_LINE: usize = 512;
 
-fn syntax(text: &str) -> Reply {
-    Reply::enhanced(501, (5, 5, 4), text)
-}
-
-/// Parses one command line (without its CRLF). `line_len` limits were applied by the reader for
-/// the longest case; the shorter limit for commands other than MAIL/RCPT is applied here.
-pub fn parse(line: &[u8]) -> Result<Command, Reply> {
-    let line =
-        std::str::from_utf8(line).map_err(|_| Reply::enhanced(500, (5, 5, 2), "Command contains invalid UTF-8"))?;
+/// Parses one command line (without its CRLF). The reader applied the longest limit (MAIL and
+/// RCPT); the shorter limit for every other command is applied here.
+pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
+    let line = std::str::from_utf8(line).map_err(|_| ParseError::InvalidUtf8)?;
     let (verb, args) = match line.split_once(' ') {
         Some((verb, args)) => (verb, args),
         None => (line, ""),
@@ -104,20 +121,15 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
     let verb = verb.to_ascii_uppercase();
     let is_mail_or_rcpt = verb == "MAIL" || verb == "RCPT";
     if !is_mail_or_rcpt && line.len() + 2 > MAX_COMMAND_LINE {
-        return Err(line_too_long());
+        return Err(ParseError::LineTooLong);
     }
-    let no_args = |cmd: Command| {
-        if args.trim().is_empty() {
-            Ok(cmd)
-        } else {
-            Err(syntax(&format!("Syntax: {} takes no arguments", cmd.verb())))
-        }
-    };
+    let no_args =
+        |cmd: Command| if args.trim().is_empty() { Ok(cmd) } else { Err(ParseError::NoArguments(cmd.verb())) };
     match verb.as_str() {
         "HELO" | "EHLO" => {
             let domain = args.trim();
             if domain.is_empty() || domain.contains(' ') {
-                return Err(syntax(&format!("Syntax: {verb} hostname")));
+                return Err(ParseError::Usage(if verb == "HELO" { "HELO hostname" } else { "EHLO hostname" }));
             }
             let domain = domain.to_string();
             Ok(if verb == "HELO" { Command::Helo(domain) } else { Command::Ehlo(domain) })
@@ -129,19 +141,14 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
         "QUIT" => no_args(Command::Quit),
         "NOOP" => Ok(Command::Noop),
         "HELP" => Ok(Command::Help),
-        "VRFY" if args.trim().is_empty() => Err(syntax("Syntax: VRFY address")),
+        "VRFY" if args.trim().is_empty() => Err(ParseError::Usage("VRFY address")),
         "VRFY" => Ok(Command::Vrfy),
         "EXPN" => Ok(Command::Expn),
         "BDAT" => Ok(Command::Bdat),
         "STARTTLS" => Ok(Command::StartTls),
         "AUTH" => Ok(Command::Auth),
-        _ => Err(Reply::enhanced(500, (5, 5, 2), "Command not recognized")),
+        _ => Err(ParseError::Unknown),
     }
-}
-
-/// The reply for a command line over its limit.
-pub fn line_too_long() -> Reply {
-    Reply::enhanced(500, (5, 5, 2), "Line too long")
 }
 
 /// Strips `FROM:` / `TO:` (case-insensitive), allowing spaces after the colon as many clients
@@ -152,9 +159,9 @@ fn strip_keyword<'a>(args: &'a str, keyword: &str) -> Option<&'a str> {
 }
 
 /// Splits the parameters after a path into `KEY[=VALUE]` items (RFC 5321 §4.1.2 esmtp-param).
-fn parameters(rest: &str) -> Result<Vec<(String, Option<&str>)>, Reply> {
+fn parameters(rest: &str) -> Result<Vec<(String, Option<&str>)>, ParseError> {
     if !rest.is_empty() && !rest.starts_with(' ') {
-        return Err(syntax("Syntax error in parameters"));
+        return Err(ParseError::Parameters);
     }
     let mut params = Vec::new();
     for item in rest.split(' ').filter(|s| !s.is_empty()) {
@@ -166,50 +173,42 @@ fn parameters(rest: &str) -> Result<Vec<(String, Option<&str>)>, Reply> {
             && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
         let value_ok = value.is_none_or(|v| !v.is_empty() && v.chars().all(|c| c != '=' && !c.is_control()));
         if !key_ok || !value_ok {
-            return Err(syntax("Syntax error in parameters"));
+            return Err(ParseError::Parameters);
         }
         params.push((key.to_ascii_uppercase(), value));
     }
     Ok(params)
 }
 
-fn address_reply(err: AddressError, recipient: bool) -> Reply {
-    match (err, recipient) {
-        (AddressError::NeedsUtf8, _) => Reply::enhanced(553, (5, 6, 7), err.to_string()),
-        (_, false) => Reply::enhanced(553, (5, 1, 7), format!("Bad sender address: {err}")),
-        (_, true) => Reply::enhanced(553, (5, 1, 3), format!("Bad recipient address: {err}")),
-    }
-}
-
-fn parse_mail(args: &str) -> Result<MailFrom, Reply> {
-    let path = strip_keyword(args, "FROM:").ok_or_else(|| syntax("Syntax: MAIL FROM:<address>"))?;
+fn parse_mail(args: &str) -> Result<MailFrom, ParseError> {
+    let path = strip_keyword(args, "FROM:").ok_or(ParseError::Usage("MAIL FROM:<address>"))?;
     // SMTPUTF8 decides whether the path may hold UTF-8, so look for it first.
     let smtputf8 = path.split(' ').skip(1).any(|p| p.eq_ignore_ascii_case("SMTPUTF8"));
-    let (sender, rest) = parse_path(path, smtputf8).map_err(|e| address_reply(e, false))?;
+    let (sender, rest) = parse_path(path, smtputf8).map_err(|error| ParseError::Address { error, recipient: false })?;
     let mut mail = MailFrom { sender, size: None, body: None, smtputf8, unknown: Vec::new() };
     for (key, value) in parameters(rest)? {
         match (key.as_str(), value) {
             ("SIZE", Some(v)) if v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit()) => {
-                mail.size = Some(v.parse().map_err(|_| syntax("Syntax: SIZE=<octets>"))?);
+                mail.size = Some(v.parse().map_err(|_| ParseError::Usage("SIZE=<octets>"))?);
             }
-            ("SIZE", _) => return Err(syntax("Syntax: SIZE=<octets>")),
+            ("SIZE", _) => return Err(ParseError::Usage("SIZE=<octets>")),
             ("BODY", Some(v)) if v.eq_ignore_ascii_case("7BIT") => mail.body = Some(Body::SevenBit),
             ("BODY", Some(v)) if v.eq_ignore_ascii_case("8BITMIME") => mail.body = Some(Body::EightBitMime),
-            ("BODY", _) => return Err(syntax("Syntax: BODY=7BIT or BODY=8BITMIME")),
+            ("BODY", _) => return Err(ParseError::Usage("BODY=7BIT or BODY=8BITMIME")),
             ("SMTPUTF8", None) => {}
-            ("SMTPUTF8", Some(_)) => return Err(syntax("Syntax: SMTPUTF8 takes no value")),
+            ("SMTPUTF8", Some(_)) => return Err(ParseError::Usage("SMTPUTF8 takes no value")),
             _ => mail.unknown.push(key),
         }
     }
     Ok(mail)
 }
 
-fn parse_rcpt(args: &str) -> Result<RcptTo, Reply> {
-    let path = strip_keyword(args, "TO:").ok_or_else(|| syntax("Syntax: RCPT TO:<address>"))?;
+fn parse_rcpt(args: &str) -> Result<RcptTo, ParseError> {
+    let path = strip_keyword(args, "TO:").ok_or(ParseError::Usage("RCPT TO:<address>"))?;
     // Whether UTF-8 is allowed depends on the transaction; the session re-checks it.
-    let (recipient, rest) = parse_path(path, true).map_err(|e| address_reply(e, true))?;
+    let (recipient, rest) = parse_path(path, true).map_err(|error| ParseError::Address { error, recipient: true })?;
     if recipient.is_null() {
-        return Err(address_reply(AddressError::Syntax, true));
+        return Err(ParseError::Address { error: AddressError::Syntax, recipient: true });
     }
     let unknown = parameters(rest)?.into_iter().map(|(k, _)| k).collect();
     Ok(RcptTo { recipient, unknown })
@@ -219,8 +218,15 @@ fn parse_rcpt(args: &str) -> Result<RcptTo, Reply> {
 mod tests {
     use super::*;
 
-    fn code(line: &str) -> u16 {
-        parse(line.as_bytes()).expect_err(line).code()
+    fn error(line: &str) -> ParseError {
+        parse(line.as_bytes()).expect_err(line)
+    }
+
+    fn address_error(line: &str) -> (AddressError, bool) {
+        match error(line) {
+            ParseError::Address { error, recipient } => (error, recipient),
+            other => panic!("{line}: {other:?}"),
+        }
     }
 
     #[test]
@@ -254,21 +260,21 @@ mod tests {
     }
 
     #[test]
-    fn refuses_malformed_commands_with_the_right_code() {
-        assert_eq!(code("FOO"), 500);
-        assert_eq!(code("EHLO"), 501);
-        assert_eq!(code("DATA now"), 501);
-        assert_eq!(code("MAIL <a@b.example>"), 501);
-        assert_eq!(code("MAIL FROM:a@b.example"), 553);
-        assert_eq!(code("MAIL FROM:<a@b.example> SIZE=abc"), 501);
-        assert_eq!(code("MAIL FROM:<a@b.example> SIZE=99999999999999999999999"), 501);
-        assert_eq!(code("MAIL FROM:<a@b.example> SIZE"), 501);
-        assert_eq!(code("MAIL FROM:<a@b.example> BODY=BINARYMIME"), 501);
-        assert_eq!(code("MAIL FROM:<a@b.example>SIZE=1"), 501);
-        assert_eq!(code("MAIL FROM:<jö@b.example>"), 553);
-        assert_eq!(code("RCPT TO:<>"), 553);
-        assert_eq!(code("VRFY"), 501);
-        assert_eq!(parse(b"NOOP \xff").unwrap_err().code(), 500);
+    fn refuses_malformed_commands_with_the_right_error() {
+        assert_eq!(error("FOO"), ParseError::Unknown);
+        assert_eq!(error("EHLO"), ParseError::Usage("EHLO hostname"));
+        assert_eq!(error("DATA now"), ParseError::NoArguments("DATA"));
+        assert_eq!(error("MAIL <a@b.example>"), ParseError::Usage("MAIL FROM:<address>"));
+        assert_eq!(address_error("MAIL FROM:a@b.example"), (AddressError::MissingBrackets, false));
+        assert_eq!(error("MAIL FROM:<a@b.example> SIZE=abc"), ParseError::Usage("SIZE=<octets>"));
+        assert_eq!(error("MAIL FROM:<a@b.example> SIZE=99999999999999999999999"), ParseError::Usage("SIZE=<octets>"));
+        assert_eq!(error("MAIL FROM:<a@b.example> SIZE"), ParseError::Usage("SIZE=<octets>"));
+        assert_eq!(error("MAIL FROM:<a@b.example> BODY=BINARYMIME"), ParseError::Usage("BODY=7BIT or BODY=8BITMIME"));
+        assert_eq!(error("MAIL FROM:<a@b.example>SIZE=1"), ParseError::Parameters);
+        assert_eq!(address_error("MAIL FROM:<jö@b.example>"), (AddressError::NeedsUtf8, false));
+        assert_eq!(address_error("RCPT TO:<>"), (AddressError::Syntax, true));
+        assert_eq!(error("VRFY"), ParseError::Usage("VRFY address"));
+        assert_eq!(parse(b"NOOP \xff"), Err(ParseError::InvalidUtf8));
     }
 
     #[test]
@@ -276,7 +282,7 @@ mod tests {
         let noop_512 = format!("NOOP {}", "x".repeat(512 - 2 - 5));
         assert_eq!(parse(noop_512.as_bytes()), Ok(Command::Noop));
         let noop_513 = format!("NOOP {}", "x".repeat(513 - 2 - 5));
-        assert_eq!(code(&noop_513), 500);
+        assert_eq!(error(&noop_513), ParseError::LineTooLong);
         let mail =
             format!("MAIL FROM:<a@b.example> {}", (0..100).map(|i| format!("X{i}=v")).collect::<Vec<_>>().join(" "));
         assert!(mail.len() > 512);

@@ -14,6 +14,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::{Sender, UpstreamError};
 use crate::message::Outgoing;
+use crate::replies;
 use crate::smtp::{Mailbox, Reply};
 
 /// A Maildir root with its `tmp/`, `new/` and `cur/` folders.
@@ -75,12 +76,12 @@ impl MaildirSession {
     pub fn mail(&mut self, sender: &Sender<'_>) -> Reply {
         self.sender = Some(sender.mailbox.clone());
         self.recipients.clear();
-        Reply::enhanced(250, (2, 1, 0), "Ok")
+        replies::sender_ok()
     }
 
     pub fn rcpt(&mut self, recipient: &Mailbox) -> Reply {
         self.recipients.push(recipient.clone());
-        Reply::enhanced(250, (2, 1, 5), "Ok")
+        replies::recipient_ok()
     }
 
     pub fn rset(&mut self) {
@@ -99,7 +100,7 @@ impl MaildirSession {
         }
         self.rset();
         result.map_err(UpstreamError::Local)?;
-        Ok(Reply::enhanced(250, (2, 0, 0), format!("Ok: delivered as {name}")))
+        Ok(replies::delivered_as(&name))
     }
 
     async fn write_durably(&self, message: &mut Outgoing<'_>, tmp: &Path, new: &Path) -> std::io::Result<()> {

@@ -4,7 +4,7 @@
 //!
 //! Every failure here — unreachable, hanging, closing, refusing, disk full — is an
 //! [`UpstreamError`], which the session turns into a 4xx for its client, so no message is ever
-//! acknowledged that the upstream did not take (DESIGN §2.1).
+//! acknowledged that the upstream did not take.
 
 pub mod maildir;
 pub mod smtp;
@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, UpstreamUrl};
 use crate::message::Outgoing;
+use crate::replies;
 use crate::smtp::command::{Body, MailFrom};
 use crate::smtp::{EnhancedCode, Mailbox, Reply};
 
@@ -51,6 +52,7 @@ pub enum Stage {
     Data,
     EndOfData,
     Rset,
+    Quit,
 }
 
 impl fmt::Display for Stage {
@@ -64,6 +66,7 @@ impl fmt::Display for Stage {
             Stage::Data => "DATA",
             Stage::EndOfData => "end of data",
             Stage::Rset => "RSET",
+            Stage::Quit => "QUIT",
         })
     }
 }
@@ -77,6 +80,9 @@ pub enum UpstreamError {
     Timeout(Stage),
     #[error("upstream closed the connection at {0}")]
     Closed(Stage),
+    /// A command that needs an open upstream transaction came after the transaction was lost.
+    #[error("no upstream transaction at {0}: it was lost earlier")]
+    NoTransaction(Stage),
     #[error("upstream I/O error at {stage}: {source}")]
     Io { stage: Stage, source: std::io::Error },
     #[error("upstream sent an invalid reply at {stage}: {detail}")]
@@ -97,19 +103,13 @@ impl UpstreamError {
                 reply.clone().with_code(451, Some(EnhancedCode::new(4, 4, 0)))
             }
             UpstreamError::Refused { reply, .. } => reply.clone(),
-            UpstreamError::Connect { .. } => {
-                Reply::enhanced(451, (4, 4, 1), "Upstream server unavailable, try again later")
+            UpstreamError::Connect { .. } => replies::upstream_unavailable(),
+            UpstreamError::Timeout(_) => replies::upstream_no_answer(),
+            UpstreamError::Closed(_) | UpstreamError::Io { .. } | UpstreamError::NoTransaction(_) => {
+                replies::upstream_lost()
             }
-            UpstreamError::Timeout(_) => {
-                Reply::enhanced(451, (4, 4, 2), "Upstream server did not answer, try again later")
-            }
-            UpstreamError::Closed(_) | UpstreamError::Io { .. } => {
-                Reply::enhanced(451, (4, 4, 2), "Upstream connection lost, try again later")
-            }
-            UpstreamError::Protocol { .. } => {
-                Reply::enhanced(451, (4, 5, 0), "Upstream protocol error, try again later")
-            }
-            UpstreamError::Local(_) => Reply::enhanced(451, (4, 3, 0), "Local delivery failed, try again later"),
+            UpstreamError::Protocol { .. } => replies::upstream_protocol_error(),
+            UpstreamError::Local(_) => replies::local_delivery_failed(),
         }
     }
 }

@@ -1,10 +1,13 @@
-//! Sender authentication, computed once by the host with `mail-auth` and handed to plugins as
-//! typed results: iprev at connect, SPF (HELO and MAIL FROM) at MAIL, DKIM, ARC and DMARC at
-//! DATA; the `Authentication-Results:` header (RFC 8601); and DKIM signing of relayed mail
-//! after all plugin edits.
+//! Sender authentication, computed once by the host with `mail-auth`: iprev at connect, SPF
+//! (HELO and MAIL FROM) at MAIL, DKIM, ARC and DMARC at DATA; the `Authentication-Results:`
+//! header (RFC 8601); and DKIM signing of relayed mail after all plugin edits.
 //!
-//! Every check runs within `auth.dns_timeout`: a DNS failure or timeout is `temperror`, never a
-//! hang and never a silent pass.
+//! Each check returns the host's own result type ([`results`]) next to mail-auth's output, which
+//! only the header needs; the session keeps that one value per check. Every check runs within
+//! `auth.dns_timeout`: a DNS failure or timeout is `temperror`, never a hang and never a silent
+//! pass.
+
+pub mod results;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -23,8 +26,8 @@ use mail_auth::{
 };
 use rustls_pki_types::{PrivateKeyDer, pem::PemObject};
 
+pub use self::results::{AuthResult, AuthResults, DkimCheck, DmarcCheck, DmarcPolicy, IprevCheck, SpfCheck};
 use crate::config::{AuthConfig, DkimSignConfig, SignAlgorithm};
-use crate::plugins::bindings::{AuthResult, AuthResults, DkimCheck, DmarcCheck, DmarcPolicy, IprevCheck, SpfCheck};
 
 /// The configured checks and the resolver they share.
 pub struct Auth {
@@ -51,15 +54,41 @@ fn dns_timeout() -> mail_auth::Error {
     mail_auth::Error::Io("DNS timeout".into())
 }
 
+/// iprev for the client: the result plugins see, and mail-auth's output for the header.
+#[derive(Debug)]
+pub struct Iprev {
+    pub check: IprevCheck,
+    output: IprevOutput,
+}
+
+impl Iprev {
+    fn new(output: IprevOutput) -> Self {
+        Self { check: iprev_check(&output), output }
+    }
+}
+
+/// SPF for one identity: the result plugins see, and mail-auth's output for the header and DMARC.
+#[derive(Debug)]
+pub struct Spf {
+    pub check: SpfCheck,
+    output: SpfOutput,
+}
+
+impl Spf {
+    fn new(output: SpfOutput) -> Self {
+        Self { check: spf_check(&output), output }
+    }
+}
+
 /// The session's facts and results from before DATA, for the header and DMARC.
 #[derive(Debug, Clone, Copy)]
 pub struct EarlierChecks<'a> {
     pub client_ip: IpAddr,
     pub helo: &'a str,
     pub mail_from: &'a str,
-    pub iprev: Option<&'a IprevOutput>,
-    pub spf_helo: Option<&'a SpfOutput>,
-    pub spf_mail: Option<&'a SpfOutput>,
+    pub iprev: Option<&'a Iprev>,
+    pub spf_helo: Option<&'a Spf>,
+    pub spf_mail: Option<&'a Spf>,
 }
 
 /// What the data stage computed, for plugins and for the header.
@@ -123,26 +152,26 @@ impl Auth {
     }
 
     /// iprev for the client address, if enabled.
-    pub async fn iprev(&self, ip: IpAddr) -> Option<IprevOutput> {
+    pub async fn iprev(&self, ip: IpAddr) -> Option<Iprev> {
         if !(self.config.enabled && self.config.iprev) {
             return None;
         }
         let timeout = || IprevOutput { result: IprevResult::TempError(dns_timeout()), ptr: None };
-        Some(self.within(self.authenticator.verify_iprev(ip), timeout).await)
+        Some(Iprev::new(self.within(self.authenticator.verify_iprev(ip), timeout).await))
     }
 
     /// SPF for the HELO identity, if enabled.
-    pub async fn spf_helo(&self, ip: IpAddr, helo: &str) -> Option<SpfOutput> {
+    pub async fn spf_helo(&self, ip: IpAddr, helo: &str) -> Option<Spf> {
         if !(self.config.enabled && self.config.spf) {
             return None;
         }
         let params = SpfParameters::verify_ehlo(ip, helo, &self.authserv_id);
         let timeout = || SpfOutput::new(helo.to_string()).with_result(SpfResult::TempError);
-        Some(self.within(self.authenticator.verify_spf(params), timeout).await)
+        Some(Spf::new(self.within(self.authenticator.verify_spf(params), timeout).await))
     }
 
     /// SPF for the MAIL FROM identity (`postmaster@helo` for the null sender), if enabled.
-    pub async fn spf_mail(&self, ip: IpAddr, helo: &str, sender: &str) -> Option<SpfOutput> {
+    pub async fn spf_mail(&self, ip: IpAddr, helo: &str, sender: &str) -> Option<Spf> {
         if !(self.config.enabled && self.config.spf) {
             return None;
         }
@@ -150,7 +179,7 @@ impl Auth {
         let domain = sender.rsplit_once('@').map_or(helo, |(_, d)| d).to_string();
         let params = SpfParameters::verify_mail_from(ip, helo, &self.authserv_id, &sender);
         let timeout = || SpfOutput::new(domain).with_result(SpfResult::TempError);
-        Some(self.within(self.authenticator.verify_spf(params), timeout).await)
+        Some(Spf::new(self.within(self.authenticator.verify_spf(params), timeout).await))
     }
 
     /// DKIM, ARC and DMARC over the received message, and the `Authentication-Results:`
@@ -159,13 +188,13 @@ impl Auth {
         let EarlierChecks { client_ip, helo, mail_from, iprev, spf_helo, spf_mail } = *earlier;
         let mut results = AuthenticationResults::new(&self.authserv_id);
         if let Some(iprev) = iprev {
-            results = results.with_iprev_result(iprev, client_ip);
+            results = results.with_iprev_result(&iprev.output, client_ip);
         }
         if let Some(spf) = spf_helo {
-            results = results.with_spf_ehlo_result(spf, client_ip, helo);
+            results = results.with_spf_ehlo_result(&spf.output, client_ip, helo);
         }
         if let Some(spf) = spf_mail {
-            results = results.with_spf_mailfrom_result(spf, client_ip, mail_from, helo);
+            results = results.with_spf_mailfrom_result(&spf.output, client_ip, mail_from, helo);
         }
         let mut checks = MessageChecks::default();
         let Some(message) = (self.config.enabled).then(|| AuthenticatedMessage::parse(raw)).flatten() else {
@@ -205,7 +234,7 @@ impl Auth {
         }
         if self.config.dmarc && self.config.dkim && self.config.spf {
             let none = SpfOutput::new(String::new()).with_result(SpfResult::None);
-            let spf = spf_mail.unwrap_or(&none);
+            let spf = spf_mail.map_or(&none, |spf| &spf.output);
             let mail_from_domain = mail_from.rsplit_once('@').map_or(helo, |(_, d)| d);
             let params = DmarcParameters::new(&message, &dkim, mail_from_domain, spf);
             let timeout = || {
@@ -304,7 +333,7 @@ fn dkim_check(output: &DkimOutput<'_>) -> DkimCheck {
     }
 }
 
-pub fn spf_check(output: &SpfOutput) -> SpfCheck {
+fn spf_check(output: &SpfOutput) -> SpfCheck {
     let result = match output.result() {
         SpfResult::Pass => AuthResult::Pass,
         SpfResult::Fail => AuthResult::Fail,
@@ -317,7 +346,7 @@ pub fn spf_check(output: &SpfOutput) -> SpfCheck {
     SpfCheck { result, domain: output.domain().to_string() }
 }
 
-pub fn iprev_check(output: &IprevOutput) -> IprevCheck {
+fn iprev_check(output: &IprevOutput) -> IprevCheck {
     let result = match &output.result {
         IprevResult::Pass => AuthResult::Pass,
         IprevResult::Fail(_) => AuthResult::Fail,
@@ -357,7 +386,81 @@ fn dmarc_check(output: &DmarcOutput) -> DmarcCheck {
     }
 }
 
-/// An empty set of results.
-pub fn no_results() -> AuthResults {
-    AuthResults { iprev: None, spf_helo: None, spf_mail: None, dkim: Vec::new(), arc: None, dmarc: None }
+#[cfg(test)]
+mod tests {
+    use mail_auth::dkim::DkimError;
+
+    use super::*;
+
+    #[test]
+    fn a_dkim_body_hash_mismatch_is_a_failure() {
+        let mismatch = DkimResult::Neutral(mail_auth::Error::Dkim(DkimError::FailedBodyHashMatch));
+        assert_eq!(dkim_result(&mismatch), AuthResult::Fail);
+        let other_neutral = DkimResult::Neutral(mail_auth::Error::Dkim(DkimError::SignatureExpired));
+        assert_eq!(dkim_result(&other_neutral), AuthResult::Neutral);
+        assert_eq!(dkim_result(&DkimResult::Pass), AuthResult::Pass);
+        assert_eq!(dkim_result(&DkimResult::Fail(dns_timeout())), AuthResult::Fail);
+        assert_eq!(dkim_result(&DkimResult::TempError(dns_timeout())), AuthResult::Temperror);
+        assert_eq!(dkim_result(&DkimResult::PermError(dns_timeout())), AuthResult::Permerror);
+        assert_eq!(dkim_result(&DkimResult::None), AuthResult::None);
+    }
+
+    #[test]
+    fn an_arc_chain_that_does_not_validate_fails() {
+        let neutral = DkimResult::Neutral(mail_auth::Error::Dkim(DkimError::FailedBodyHashMatch));
+        assert_eq!(arc_result(&neutral), AuthResult::Fail);
+        assert_eq!(arc_result(&DkimResult::Fail(dns_timeout())), AuthResult::Fail);
+        assert_eq!(arc_result(&DkimResult::Pass), AuthResult::Pass);
+        assert_eq!(arc_result(&DkimResult::None), AuthResult::None);
+        assert_eq!(arc_result(&DkimResult::TempError(dns_timeout())), AuthResult::Temperror);
+    }
+
+    #[test]
+    fn spf_results_keep_their_names_and_domain() {
+        let cases = [
+            (SpfResult::Pass, AuthResult::Pass),
+            (SpfResult::Fail, AuthResult::Fail),
+            (SpfResult::SoftFail, AuthResult::Softfail),
+            (SpfResult::Neutral, AuthResult::Neutral),
+            (SpfResult::TempError, AuthResult::Temperror),
+            (SpfResult::PermError, AuthResult::Permerror),
+            (SpfResult::None, AuthResult::None),
+        ];
+        for (spf, expected) in cases {
+            let check = Spf::new(SpfOutput::new("example.org".into()).with_result(spf)).check;
+            assert_eq!(check, SpfCheck { result: expected, domain: "example.org".into() });
+        }
+    }
+
+    #[test]
+    fn iprev_names_lose_their_trailing_dot_and_only_a_pass_verifies_one() {
+        let pass = Iprev::new(IprevOutput {
+            result: IprevResult::Pass,
+            ptr: Some(std::sync::Arc::from(vec!["mx.example.org.".into(), "other.example.".into()])),
+        });
+        assert_eq!(pass.check.names, ["mx.example.org", "other.example"]);
+        assert_eq!(pass.check.verified_name(), Some("mx.example.org"));
+        let fail = Iprev::new(IprevOutput {
+            result: IprevResult::Fail(dns_timeout()),
+            ptr: Some(std::sync::Arc::from(vec!["mx.example.org.".into()])),
+        });
+        assert_eq!(fail.check.result, AuthResult::Fail);
+        assert_eq!(fail.check.verified_name(), None);
+        let timeout = Iprev::new(IprevOutput { result: IprevResult::TempError(dns_timeout()), ptr: None });
+        assert_eq!(timeout.check, IprevCheck { result: AuthResult::Temperror, names: vec![] });
+    }
+
+    #[test]
+    fn dmarc_keeps_the_alignment_of_each_identity() {
+        let output = DmarcOutput::new("example.org".into())
+            .with_dkim_result(DmarcResult::Pass)
+            .with_spf_result(DmarcResult::Fail(mail_auth::Error::NotAligned));
+        let check = dmarc_check(&output);
+        assert_eq!(check.result, AuthResult::Pass, "one aligned pass is enough");
+        assert_eq!((check.spf_aligned, check.dkim_aligned), (false, true));
+        assert_eq!(check.domain, "example.org");
+        assert_eq!(check.policy, DmarcPolicy::None, "mail-auth starts from p=none");
+        let none = dmarc_check(&DmarcOutput::new("example.org".into()));
+        assert_eq!(none.result, AuthResult::None);
+    }
 }

@@ -1,13 +1,12 @@
-//! The plugin runtime: one wasmtime `Engine` per process with the sandbox recipe measured on
-//! this machine kind (../shared/notes/wasmtime-48-measured.md), its epoch ticker thread, the
-//! minimal WASI linker, and plugin loading (compile or cache → `InstancePre` → manifest).
+//! The plugin engine: one wasmtime `Engine` per process, its epoch ticker thread, and the minimal
+//! WASI linker plugins are prepared against (compile or cache → `InstancePre`).
 //!
-//! Recipe: epoch interruption with a 1 ms ticker; a 512 KiB wasm stack; the pooling allocator
-//! sized to plugin calls in flight (a semaphore in front, so an exhausted pool waits for a slot
-//! instead of failing); wasmtime's trimmed feature set (its defaults turn on the concurrent
-//! component-model machinery, which doubles the cost of a call). Plugins get only `wasi:io`,
-//! `wasi:cli`, `wasi:clocks` and `wasi:random`, with no environment, arguments, files or
-//! sockets; a plugin importing anything else fails to load.
+//! Recipe, measured on this machine kind: epoch interruption with a 1 ms ticker; a 512 KiB wasm
+//! stack; the pooling allocator sized to plugin calls in flight (a semaphore in front, so an
+//! exhausted pool waits for a slot instead of failing); wasmtime's trimmed feature set (its
+//! defaults turn on the concurrent component-model machinery, which doubles the cost of a
+//! call). Plugins get only `wasi:io`, `wasi:cli`, `wasi:clocks` and `wasi:random`, with no
+//! environment, arguments, files or sockets; a plugin importing anything else fails to load.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,9 +22,9 @@ use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
 use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
 use wasmtime_wasi::{WasiView, p2::bindings as wasi};
 
-use super::bindings::{Filter, FilterPre};
 use super::cache::{CompileCache, Origin};
 use super::sandbox::CallState;
+use super::v0_1::{Filter, FilterPre};
 
 /// Pool slots whose memory is decommitted (madvise) together. Every decommit makes the kernel
 /// flush the TLBs of every core the process runs on; one flush per 16 slots instead of one per

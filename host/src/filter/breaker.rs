@@ -38,8 +38,8 @@ impl Breaker {
         state.open_until.is_none_or(|until| Instant::now() >= until)
     }
 
-    pub fn is_open(&self) -> bool {
-        !self.allows_call()
+    pub fn cooldown(&self) -> std::time::Duration {
+        self.config.cooldown
     }
 
     /// Records the outcome of a call.

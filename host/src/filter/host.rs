@@ -1,0 +1,266 @@
+//! The host services a plugin call may use — log, config, notes and the shared key-value store —
+//! in plain Rust, bounded per call. The sandbox's bindings only forward to [`HostContext`]; an
+//! error here ends the call as a fault of the plugin (or of the host, for a full store).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::kv::{self, KvStore};
+
+/// Most host calls in one plugin call.
+pub const MAX_HOST_CALLS: u32 = 10_000;
+/// Longest log message kept, in characters; the rest is cut.
+const MAX_LOG_CHARS: usize = 2000;
+
+/// Log levels a plugin can write at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// Why a host call was refused; the call ends with a fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostCallError {
+    #[error("the plugin made more than {MAX_HOST_CALLS} host calls in one call")]
+    TooManyCalls,
+    #[error("the plugin exceeded its host-call data budget")]
+    DataBudget,
+    #[error("key longer than {} octets", kv::MAX_KEY)]
+    KeyTooLong,
+    #[error("value larger than {} octets", kv::MAX_VALUE)]
+    ValueTooLarge,
+    #[error("the key-value store is full")]
+    StoreFull,
+}
+
+impl HostCallError {
+    /// The plugin broke a limit of its contract (rather than the host failing it).
+    pub fn is_plugin_fault(&self) -> bool {
+        !matches!(self, HostCallError::StoreFull)
+    }
+}
+
+/// Notes plugins keep in the host for one scope (a session or a transaction), per plugin.
+#[derive(Debug, Default)]
+pub struct Notes {
+    by_plugin: HashMap<Arc<str>, HashMap<String, String>>,
+}
+
+impl Notes {
+    fn get(&self, plugin: &str) -> Option<&HashMap<String, String>> {
+        self.by_plugin.get(plugin)
+    }
+
+    fn extend(&mut self, plugin: &Arc<str>, writes: Vec<(String, String)>) {
+        if !writes.is_empty() {
+            self.by_plugin.entry(plugin.clone()).or_default().extend(writes);
+        }
+    }
+}
+
+/// The notes a stage can see: the session's, and the transaction's while one is open. Writes
+/// go to the innermost scope, so notes set during a transaction end with it.
+#[derive(Debug)]
+pub struct NoteScopes<'a> {
+    pub session: &'a mut Notes,
+    pub transaction: Option<&'a mut Notes>,
+}
+
+impl NoteScopes<'_> {
+    /// What `plugin` sees: session notes overlaid with transaction notes.
+    pub(super) fn visible_to(&self, plugin: &str) -> HashMap<String, String> {
+        let mut notes = self.session.get(plugin).cloned().unwrap_or_default();
+        if let Some(txn) = self.transaction.as_ref().and_then(|t| t.get(plugin)) {
+            notes.extend(txn.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        notes
+    }
+
+    /// Keeps the writes of a successful call.
+    pub(super) fn commit(&mut self, plugin: &Arc<str>, writes: Vec<(String, String)>) {
+        match &mut self.transaction {
+            Some(txn) => txn.extend(plugin, writes),
+            None => self.session.extend(plugin, writes),
+        }
+    }
+}
+
+/// What one plugin call may read and change through host calls.
+#[derive(Debug)]
+pub struct HostContext {
+    plugin: Arc<str>,
+    session: Arc<str>,
+    config_json: Arc<str>,
+    kv: Arc<KvStore>,
+    /// The plugin's notes as this call sees them; its own writes land here too.
+    notes: HashMap<String, String>,
+    /// Notes written by this call, kept by the chain only if the call succeeds.
+    note_writes: Vec<(String, String)>,
+    /// Octets still allowed through host calls in this call.
+    data_budget: usize,
+    calls: u32,
+}
+
+impl HostContext {
+    pub fn new(
+        plugin: Arc<str>,
+        session: Arc<str>,
+        config_json: Arc<str>,
+        kv: Arc<KvStore>,
+        notes: HashMap<String, String>,
+        data_budget: usize,
+    ) -> Self {
+        Self { plugin, session, config_json, kv, notes, note_writes: Vec::new(), data_budget, calls: 0 }
+    }
+
+    pub fn plugin(&self) -> &str {
+        &self.plugin
+    }
+
+    /// The notes this call wrote.
+    pub fn into_note_writes(self) -> Vec<(String, String)> {
+        self.note_writes
+    }
+
+    /// Charges one host call moving `bytes`.
+    fn charge(&mut self, bytes: usize) -> Result<(), HostCallError> {
+        self.calls += 1;
+        if self.calls > MAX_HOST_CALLS {
+            return Err(HostCallError::TooManyCalls);
+        }
+        self.data_budget = self.data_budget.checked_sub(bytes).ok_or(HostCallError::DataBudget)?;
+        Ok(())
+    }
+
+    fn check_key(key: &str) -> Result<(), HostCallError> {
+        if key.len() > kv::MAX_KEY { Err(HostCallError::KeyTooLong) } else { Ok(()) }
+    }
+
+    fn check_value(len: usize) -> Result<(), HostCallError> {
+        if len > kv::MAX_VALUE { Err(HostCallError::ValueTooLarge) } else { Ok(()) }
+    }
+
+    /// Writes a line to the host's log, tagged with the plugin and the session; control
+    /// characters become spaces.
+    pub fn log(&mut self, level: LogLevel, message: &str) -> Result<(), HostCallError> {
+        self.charge(message.len())?;
+        let message: String =
+            message.chars().take(MAX_LOG_CHARS).map(|c| if c.is_control() { ' ' } else { c }).collect();
+        let (plugin, session) = (&*self.plugin, &*self.session);
+        match level {
+            LogLevel::Trace => tracing::trace!(plugin, session, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin, session, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, session, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, session, "{message}"),
+            LogLevel::Error => tracing::error!(plugin, session, "{message}"),
+        }
+        Ok(())
+    }
+
+    /// The plugin's `config` table as JSON.
+    pub fn config(&mut self) -> Result<String, HostCallError> {
+        self.charge(self.config_json.len())?;
+        Ok(self.config_json.to_string())
+    }
+
+    pub fn notes_get(&mut self, key: &str) -> Result<Option<String>, HostCallError> {
+        self.charge(key.len())?;
+        let value = self.notes.get(key).cloned();
+        self.charge(value.as_ref().map_or(0, String::len))?;
+        Ok(value)
+    }
+
+    pub fn notes_set(&mut self, key: String, value: String) -> Result<(), HostCallError> {
+        self.charge(key.len() + value.len())?;
+        Self::check_key(&key)?;
+        Self::check_value(value.len())?;
+        self.notes.insert(key.clone(), value.clone());
+        self.note_writes.push((key, value));
+        Ok(())
+    }
+
+    pub fn kv_get(&mut self, key: &str) -> Result<Option<Vec<u8>>, HostCallError> {
+        self.charge(key.len())?;
+        let value = self.kv.get(&self.plugin, key);
+        self.charge(value.as_ref().map_or(0, Vec::len))?;
+        Ok(value)
+    }
+
+    /// Stores a value. A full store drops it with a warning: the call goes on, as a cache
+    /// miss would.
+    pub fn kv_set(&mut self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), HostCallError> {
+        self.charge(key.len() + value.len())?;
+        Self::check_key(key)?;
+        Self::check_value(value.len())?;
+        if !self.kv.set(&self.plugin, key, value, ttl) {
+            tracing::warn!(plugin = &*self.plugin, "key-value store full; value not stored");
+        }
+        Ok(())
+    }
+
+    pub fn kv_incr(&mut self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, HostCallError> {
+        self.charge(key.len() + 8)?;
+        Self::check_key(key)?;
+        self.kv.incr(&self.plugin, key, delta, ttl).ok_or(HostCallError::StoreFull)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(budget: usize) -> HostContext {
+        HostContext::new("p".into(), "s".into(), "{\"a\":1}".into(), Arc::new(KvStore::new()), HashMap::new(), budget)
+    }
+
+    #[test]
+    fn every_call_is_charged_against_the_budgets() {
+        let mut host = context(10);
+        assert_eq!(host.config(), Ok("{\"a\":1}".into()));
+        assert_eq!(host.kv_set("key", b"too long".to_vec(), None), Err(HostCallError::DataBudget));
+        assert!(HostCallError::DataBudget.is_plugin_fault());
+        let mut host = context(usize::MAX);
+        for _ in 0..MAX_HOST_CALLS {
+            host.log(LogLevel::Trace, "x").unwrap();
+        }
+        assert_eq!(host.log(LogLevel::Trace, "x"), Err(HostCallError::TooManyCalls));
+    }
+
+    #[test]
+    fn keys_and_values_are_bounded() {
+        let mut host = context(usize::MAX);
+        let long_key = "k".repeat(kv::MAX_KEY + 1);
+        assert_eq!(host.notes_set(long_key.clone(), "v".into()), Err(HostCallError::KeyTooLong));
+        assert_eq!(host.kv_incr(&long_key, 1, None), Err(HostCallError::KeyTooLong));
+        assert_eq!(host.kv_set("k", vec![0; kv::MAX_VALUE + 1], None), Err(HostCallError::ValueTooLarge));
+        assert!(!HostCallError::StoreFull.is_plugin_fault());
+    }
+
+    #[test]
+    fn notes_are_scoped_and_writes_come_back_to_the_caller() {
+        let mut session = Notes::default();
+        let mut transaction = Notes::default();
+        let plugin: Arc<str> = "p".into();
+        let mut scopes = NoteScopes { session: &mut session, transaction: None };
+        scopes.commit(&plugin, vec![("k".into(), "session".into()), ("only".into(), "s".into())]);
+        let mut scopes = NoteScopes { session: &mut session, transaction: Some(&mut transaction) };
+        scopes.commit(&plugin, vec![("k".into(), "txn".into())]);
+        let visible = scopes.visible_to("p");
+        assert_eq!(visible.get("k").map(String::as_str), Some("txn"), "transaction notes win");
+        assert_eq!(visible.get("only").map(String::as_str), Some("s"));
+        assert!(scopes.visible_to("other").is_empty(), "notes are private to their plugin");
+
+        let mut host = context(usize::MAX);
+        host.notes_set("n".into(), "1".into()).unwrap();
+        assert_eq!(host.notes_get("n"), Ok(Some("1".into())), "a call reads its own writes");
+        assert_eq!(host.into_note_writes(), vec![("n".to_string(), "1".to_string())]);
+        drop(transaction);
+        let scopes = NoteScopes { session: &mut session, transaction: None };
+        assert_eq!(scopes.visible_to("p").get("k").map(String::as_str), Some("session"));
+    }
+}
