@@ -58,7 +58,7 @@ impl Default for ServerConfig {
     }
 }
 
-/// `[limits]`: the bounds of DESIGN §2.4.
+/// `[limits]`: how much a client may send.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -442,8 +442,17 @@ impl<'de> Deserialize<'de> for UpstreamUrl {
     }
 }
 
+/// A setting written either as a bare integer or as a string with a unit.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IntOrText {
+    Int(u64),
+    Text(String),
+}
+
 /// A size in bytes, written as an integer or as a string with a unit: `"50MiB"`, `"10 MB"`,
-/// `"512KiB"`, `"1024"`.
+/// `"512KiB"`, `"1.5GiB"`, `"1024"` (parsed by the `bytesize` crate; decimal units are powers
+/// of 1000, binary units of 1024).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
 
@@ -457,74 +466,47 @@ impl std::str::FromStr for ByteSize {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (number, unit) = s.split_at(split);
-        let number: u64 = number.parse().map_err(|_| format!("expected a size such as \"10MiB\", found `{s}`"))?;
-        let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "kb" => 1000,
-            "kib" => 1 << 10,
-            "m" | "mb" => 1_000_000,
-            "mib" => 1 << 20,
-            "g" | "gb" => 1_000_000_000,
-            "gib" => 1 << 30,
-            other => return Err(format!("unknown size unit `{other}` (use B, KB, KiB, MB, MiB, GB or GiB)")),
-        };
-        number.checked_mul(multiplier).map(ByteSize).ok_or_else(|| format!("size `{s}` is too large"))
+        let size: bytesize::ByteSize =
+            s.trim().parse().map_err(|e| format!("expected a size such as \"10MiB\", found `{s}`: {e}"))?;
+        // bytesize saturates on overflow; a limit that large is a mistake, not "unlimited".
+        if size.as_u64() == u64::MAX {
+            return Err(format!("size `{s}` is too large"));
+        }
+        Ok(ByteSize(size.as_u64()))
     }
 }
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Str(String),
-        }
-        match Raw::deserialize(d)
+        match IntOrText::deserialize(d)
             .map_err(|_| serde::de::Error::custom("expected a size: an integer or a string such as \"10MiB\""))?
         {
-            Raw::Int(n) => Ok(ByteSize(n)),
-            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+            IntOrText::Int(n) => Ok(ByteSize(n)),
+            IntOrText::Text(s) => s.parse().map_err(serde::de::Error::custom),
         }
     }
 }
 
-/// Durations written as `"300s"`, `"5m"`, `"250ms"`, `"1h"` or an integer number of seconds.
+/// Durations written as an integer number of seconds or a string such as `"300s"`, `"5m"`,
+/// `"250ms"`, `"1h"`, `"1h 30m"` (parsed by the `humantime` crate).
 pub mod duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};
 
-    pub fn parse(s: &str) -> Result<Duration, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (number, unit) = s.split_at(split);
-        let n: u64 = number.parse().map_err(|_| format!("expected a duration such as \"30s\", found `{s}`"))?;
-        let d = match unit.trim() {
-            "ms" => Duration::from_millis(n),
-            "" | "s" => Duration::from_secs(n),
-            "m" | "min" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
-            other => return Err(format!("unknown duration unit `{other}` (use ms, s, m or h)")),
-        };
-        Ok(d)
+    use super::IntOrText;
+
+    fn parse(s: &str) -> Result<Duration, String> {
+        humantime::parse_duration(s.trim())
+            .map_err(|e| format!("expected a duration such as \"30s\" or \"5m\", found `{s}`: {e}"))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Str(String),
-        }
-        match Raw::deserialize(d)
+        match IntOrText::deserialize(d)
             .map_err(|_| serde::de::Error::custom("expected a duration: seconds or a string such as \"30s\""))?
         {
-            Raw::Int(n) => Ok(Duration::from_secs(n)),
-            Raw::Str(s) => parse(&s).map_err(serde::de::Error::custom),
+            IntOrText::Int(n) => Ok(Duration::from_secs(n)),
+            IntOrText::Text(s) => parse(&s).map_err(serde::de::Error::custom),
         }
     }
 }
@@ -640,6 +622,13 @@ mod tests {
         assert_eq!(c.timeouts.idle, Duration::from_secs(300));
         assert_eq!(c.timeouts.shutdown_grace, Duration::from_secs(2));
         assert_eq!(c.upstream.data_timeout, Duration::from_millis(250));
+        let units = Config::parse(
+            "[limits]\nmemory_buffer = \"512KiB\"\nmax_message_size = \"10 MB\"\n[timeouts]\nidle = \"1h 30m\"\n",
+        )
+        .unwrap();
+        assert_eq!(units.limits.memory_buffer, ByteSize(512 << 10));
+        assert_eq!(units.limits.max_message_size, ByteSize(10_000_000));
+        assert_eq!(units.timeouts.idle, Duration::from_secs(5400));
         assert_eq!(c.upstream_url(), UpstreamUrl::Smtp { host: "127.0.0.1".into(), port: 2526 });
         assert_eq!(
             "smtp://[::1]:25".parse::<UpstreamUrl>().unwrap(),
@@ -660,7 +649,13 @@ mod tests {
         let e = Config::parse("[upstream]\nurl = \"http://x\"\n").unwrap_err();
         assert!(e.contains("upstream.url") && e.contains("smtp://host:port"), "{e}");
         let e = Config::parse("[timeouts]\nidle = \"5 fortnights\"\n").unwrap_err();
-        assert!(e.contains("timeouts.idle") && e.contains("unknown duration unit"), "{e}");
+        assert!(e.contains("timeouts.idle") && e.contains("unknown time unit"), "{e}");
+        let e = Config::parse("[limits]\nmemory_buffer = \"5 parsecs\"\n").unwrap_err();
+        assert!(e.contains("limits.memory_buffer") && e.contains("known SI unit"), "{e}");
+        let e = Config::parse("[limits]\nmax_message_size = \"99999999999999EiB\"\n").unwrap_err();
+        assert!(e.contains("too large"), "{e}");
+        let e = Config::parse("[timeouts]\nidle = \"99999999999999999999h\"\n").unwrap_err();
+        assert!(e.contains("timeouts.idle"), "an overflowing duration is an error, not a wrap: {e}");
         let e = Config::parse("[limits]\nmax_recipients = 0\n").unwrap_err();
         assert!(e.contains("limits.max_recipients"), "{e}");
     }

@@ -31,3 +31,45 @@ pub mod upstream;
 pub mod wasm;
 
 pub use config::Config;
+
+/// The module map above, checked: each module may use only the modules listed after it here.
+#[cfg(test)]
+mod layering {
+    const LAYERS: &[&str] = &[
+        "cli", "server", "session", "wasm", "filter", "upstream", "auth", "message", "replies", "config", "shutdown",
+        "smtp",
+    ];
+
+    fn sources(path: &std::path::Path, out: &mut Vec<(std::path::PathBuf, String)>) {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(path).unwrap() {
+                sources(&entry.unwrap().path(), out);
+            }
+        } else if path.is_file() && path.extension().is_some_and(|e| e == "rs") {
+            out.push((path.to_path_buf(), std::fs::read_to_string(path).unwrap()));
+        }
+    }
+
+    #[test]
+    fn no_module_uses_one_above_it() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        for (level, module) in LAYERS.iter().enumerate() {
+            let mut files = Vec::new();
+            sources(&src.join(module), &mut files);
+            sources(&src.join(format!("{module}.rs")), &mut files);
+            assert!(!files.is_empty(), "no sources for `{module}`");
+            for (path, text) in files {
+                for (i, _) in text.match_indices("crate::") {
+                    let used: String =
+                        text[i + 7..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                    let Some(used_level) = LAYERS.iter().position(|m| *m == used) else { continue };
+                    assert!(
+                        used_level >= level,
+                        "{} (`{module}`) uses `crate::{used}`, which is above it in the module map",
+                        path.display()
+                    );
+                }
+            }
+        }
+    }
+}

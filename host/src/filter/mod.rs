@@ -1,6 +1,6 @@
 //! The filter core: the configured plugins, run in order at each stage they declare, with the
 //! merge and edit rules of the plugin contract (`wit/filter.wit`). It knows no WebAssembly: a
-//! plugin is a [`Manifest`](api::Manifest), its policies and a [`Sandbox`] to call.
+//! plugin is an [`api::Manifest`], its policies and a [`Sandbox`] to call.
 //!
 //! - [`api`]: the stage inputs and plugin answers in plain Rust;
 //! - [`stages`]: what each stage works on and how edits change it;

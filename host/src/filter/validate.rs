@@ -128,7 +128,7 @@ pub fn header(name: &str, value: &str) -> Result<(), Violation> {
     header_value(name, value)
 }
 
-pub fn header_name(name: &str) -> Result<(), Violation> {
+fn header_name(name: &str) -> Result<(), Violation> {
     let ok =
         !name.is_empty() && name.len() <= MAX_HEADER_NAME && name.bytes().all(|b| (33..=126).contains(&b) && b != b':');
     if ok { Ok(()) } else { Err(Violation::HeaderName(name.to_string())) }

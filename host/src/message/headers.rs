@@ -1,5 +1,12 @@
 //! The header section of a message as plugins see and edit it: fields addressed by
 //! (name, occurrence) or by index, unchanged fields written back byte for byte.
+//!
+//! Hand-written rather than taken from a MIME crate: relaying byte for byte needs each field's
+//! original bytes, plugins need values unfolded but otherwise undecoded, and the section must
+//! end exactly where a mail reader ends it (the blank line, or the first line that is neither a
+//! field nor a continuation). `mail-parser` (already a dependency through mail-auth) decodes
+//! RFC 2047 words and charsets into its values and recovers from malformed lines differently,
+//! so it would change what plugins see and where the body starts.
 
 /// Most octets read to find the end of the header section. A longer header section is not
 /// parsed: plugins then see the first fields only and the rest stays part of the body bytes.
@@ -60,7 +67,7 @@ impl HeaderSection {
         let mut fields: Vec<Field> = Vec::new();
         let mut pos = 0;
         loop {
-            let Some(len) = content[pos..].windows(2).position(|w| w == b"\r\n") else {
+            let Some(len) = memchr::memmem::find(&content[pos..], b"\r\n") else {
                 // No complete line left: whatever remains is body.
                 return Self { fields, body_offset: pos as u64, blank_line: false, changed: false };
             };
@@ -93,10 +100,6 @@ impl HeaderSection {
             });
             pos = next;
         }
-    }
-
-    pub fn is_changed(&self) -> bool {
-        self.changed
     }
 
     /// Index of the `occurrence`-th (from 1) field called `name`, case-insensitive.

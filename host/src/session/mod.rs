@@ -1,11 +1,11 @@
 //! One client session: the SMTP state machine, one tokio task per connection.
 //!
 //! The session reads lines through [`crate::smtp::line::LineReader`], parses them into commands
-//! and hands each to its verb's handler (one file per verb family: [`greeting`] for HELO/EHLO,
-//! [`envelope`] for MAIL/RCPT, [`data`] for DATA, [`misc`] for the rest). A refused command is a
-//! reply, not an error. Replies queue up and are flushed before the session waits for input, so
-//! pipelined commands get their replies in one write. What belongs to one mail transaction lives
-//! in its [`transaction::Transaction`].
+//! and hands each to its verb's handler (one file per verb family: `greeting` for HELO/EHLO,
+//! `envelope` for MAIL/RCPT, `data` for DATA and `message` for what follows it, `misc` for the
+//! rest). A refused command is a reply, not an error. Replies queue up and are flushed before the
+//! session waits for input, so pipelined commands get their replies in one write. What belongs
+//! to one mail transaction lives in its `Transaction` (`transaction.rs`).
 
 mod data;
 mod envelope;

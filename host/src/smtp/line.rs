@@ -1,13 +1,13 @@
 //! Command-line framing: finds CRLF-terminated lines in the client's input with a hard length
 //! limit, so a client cannot make the proxy buffer more than one line, and only CRLF ever ends a
-//! line (DESIGN §2.2).
+//! line (RFC 5321 §2.3.8; a bare LF is how SMTP smuggling starts).
 
 use bytes::{Buf, BytesMut};
 
 /// What the reader found at the front of the input buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Line {
-    /// A complete line without its CRLF; consume it with [`LineReader::consume`].
+    /// A complete line without its CRLF (already taken off the input).
     Complete(Vec<u8>),
     /// A line that was longer than the limit; its bytes were dropped up to and including CRLF.
     TooLong,

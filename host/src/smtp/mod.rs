@@ -1,7 +1,7 @@
 //! The SMTP wire codec: pure functions and state machines, no I/O. The session feeds bytes in
 //! and writes the replies these types render.
 //!
-//! - [`line`]: CRLF framing of command lines with a hard length limit;
+//! - [`line`](mod@line): CRLF framing of command lines with a hard length limit;
 //! - [`command`]: command parsing into [`Command`];
 //! - [`address`]: envelope address syntax;
 //! - [`data`]: the DATA receiver (end-of-data detection, unstuffing, line-ending policy) and

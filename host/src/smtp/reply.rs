@@ -112,10 +112,6 @@ impl Reply {
         (400..500).contains(&self.code)
     }
 
-    pub fn is_permanent(&self) -> bool {
-        (500..600).contains(&self.code)
-    }
-
     /// The same reply with another code and enhanced code, text kept.
     pub fn with_code(mut self, code: u16, enhanced: Option<EnhancedCode>) -> Self {
         self.code = code;
@@ -123,7 +119,8 @@ impl Reply {
         self
     }
 
-    /// Checks every rule a reply must follow before it is written to a client (DESIGN §2.5).
+    /// Checks every rule a reply must follow before it is written to a client (RFC 5321
+    /// §4.2 and §4.5.3.1.5, RFC 3463 §2).
     pub fn validate(&self) -> Result<(), InvalidReply> {
         if !(200..=599).contains(&self.code) {
             return Err(InvalidReply::Code(self.code));
@@ -210,7 +207,7 @@ impl Reply {
 }
 
 /// Replaces control characters with `?` so a text can be placed in a reply line.
-pub fn sanitize_text(text: &str) -> String {
+fn sanitize_text(text: &str) -> String {
     text.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
 }
 

@@ -45,10 +45,6 @@ impl CompileCache {
         Self { dir }
     }
 
-    pub fn disabled() -> Self {
-        Self { dir: None }
-    }
-
     /// Loads the compiled form of `wasm` from the cache, or compiles and stores it.
     pub fn load(&self, engine: &Engine, wasm: &[u8]) -> anyhow::Result<(Component, Origin)> {
         let Some(dir) = &self.dir else {
