@@ -7,6 +7,9 @@
 #
 #   bench/e2e.sh                  # REPS=3, the cases of the benchmark issue
 #   REPS=1 CASES="1:5120:500" bench/e2e.sh
+#   BASELINE_BIN=/tmp/wasmtp-old WITH_HARAKA=0 bench/e2e.sh
+#                                 # also run another build (e.g. the previous main) with the same
+#                                 # configurations, measured back to back, and print the ratios
 #
 # Needs postfix (smtp-sink, smtp-source; scripts/setup --test installs it) and node/npm for
 # Haraka (peers.sh installs Haraka with npm under $W). Leaves nothing running.
@@ -18,8 +21,12 @@ export REPS=${REPS:-3}
 export CASES=${CASES:-"1:5120:1000 10:5120:3000 50:5120:5000 10:102400:2000 10:1048576:300 50:1048576:300"}
 export TAG=${TAG:-wasmtp-$(date +%Y%m%d-%H%M%S)}
 export RESULTS=${RESULTS:-$W/results.csv}
+export WITH_HARAKA=${WITH_HARAKA:-1}
+BASELINE_BIN=${BASELINE_BIN:-}
 BARE_PORT=2540
 PLUGINS_PORT=2541
+BASE_BARE_PORT=2542
+BASE_PLUGINS_PORT=2543
 mkdir -p "$W"
 
 scripts/setup --test
@@ -29,14 +36,14 @@ GUESTS=$ROOT/guest-plugins/target/wasm32-wasip2/release
 
 ulimit -n 65536 2>/dev/null || true
 cleanup() {
-  for f in wasmtp wasmtp3; do
+  for f in wasmtp wasmtp3 base base3; do
     if [ -f "$W/$f.pid" ]; then kill "$(cat "$W/$f.pid")" 2>/dev/null || true; rm -f "$W/$f.pid"; fi
   done
   bash bench/peers.sh stop || true
 }
 trap cleanup EXIT
 
-bash bench/peers.sh setup
+if [ "$WITH_HARAKA" = 1 ]; then bash bench/peers.sh setup; else bash bench/peers.sh sink; fi
 
 cat >"$W/wasmtp.toml" <<CONF
 [server]
@@ -78,8 +85,8 @@ name = "guard"
 path = "$GUESTS/content_guard.wasm"
 CONF
 
-start_wasmtp() { # name config port
-  (exec setsid "$ROOT/target/release/wasmtp" serve --config "$2" </dev/null >"$W/$1.log" 2>&1) &
+start_wasmtp() { # name config port [binary]
+  (exec setsid "${4:-$ROOT/target/release/wasmtp}" serve --config "$2" --listen "127.0.0.1:$3" </dev/null >"$W/$1.log" 2>&1) &
   echo $! >"$W/$1.pid"
   local i
   for i in $(seq 1 150); do
@@ -93,12 +100,25 @@ start_wasmtp() { # name config port
 start_wasmtp wasmtp "$W/wasmtp.toml" $BARE_PORT
 start_wasmtp wasmtp3 "$W/wasmtp3.toml" $PLUGINS_PORT
 
-export TARGETS="direct:2526 haraka:2525:$W/haraka.pid wasmtp:$BARE_PORT:$W/wasmtp.pid wasmtp3:$PLUGINS_PORT:$W/wasmtp3.pid"
+TARGETS="direct:2526"
+[ "$WITH_HARAKA" = 1 ] && TARGETS="$TARGETS haraka:2525:$W/haraka.pid"
+TARGETS="$TARGETS wasmtp:$BARE_PORT:$W/wasmtp.pid wasmtp3:$PLUGINS_PORT:$W/wasmtp3.pid"
+if [ -n "$BASELINE_BIN" ]; then
+  start_wasmtp base "$W/wasmtp.toml" $BASE_BARE_PORT "$BASELINE_BIN"
+  start_wasmtp base3 "$W/wasmtp3.toml" $BASE_PLUGINS_PORT "$BASELINE_BIN"
+  TARGETS="$TARGETS base:$BASE_BARE_PORT:$W/base.pid base3:$BASE_PLUGINS_PORT:$W/base3.pid"
+fi
+export TARGETS
 bash bench/peers.sh bench | tee "$W/$TAG.summary.md"
 
 echo
 echo "## wasmtp against its targets (tag $TAG; $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg))"
 python3 bench/ratios.py "$RESULTS" "$TAG" | tee -a "$W/$TAG.summary.md"
+if [ -n "$BASELINE_BIN" ]; then
+  echo
+  echo "## this build against $BASELINE_BIN, same run"
+  python3 bench/ratios.py "$RESULTS" "$TAG" baseline | tee -a "$W/$TAG.summary.md"
+fi
 
 echo
 echo "## Memory per session"

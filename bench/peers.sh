@@ -14,6 +14,7 @@
 #
 # Usage:
 #   peers.sh setup      # start sink + both Haraka instances (+ optional peers)
+#   peers.sh sink       # start only the sink
 #   peers.sh bench      # run the matrix, append rows to $RESULTS, print summary tables
 #   peers.sh summary [TAG]  # print the summary tables again from $RESULTS
 #   peers.sh stop       # stop every server this script started (by pid / postfix -c ... stop)
@@ -520,6 +521,7 @@ stop_all() {
 }
 
 case "${1:-all}" in
+  sink)    write_helpers; start_sink ;;
   setup)   write_helpers; start_sink; start_haraka haraka $HARAKA_PORT 0; start_haraka haraka_nd $HARAKA_ND_PORT 1
            [ "$WITH_POSTFIX" = 1 ] && start_postfix; [ "$WITH_PROXSMTP" = 1 ] && start_proxsmtp
            [ "$WITH_HARAKA_FWD" = 1 ] && start_haraka haraka_fwd $HARAKA_FWD_PORT 0 smtp_forward; true ;;
@@ -531,5 +533,5 @@ case "${1:-all}" in
            if [ "$WITH_PROXSMTP" = 1 ]; then start_proxsmtp; fi
            if [ "$WITH_HARAKA_FWD" = 1 ]; then start_haraka haraka_fwd $HARAKA_FWD_PORT 0 smtp_forward; fi
            bench; stop_all ;;
-  *) echo "usage: $0 setup|bench|summary|stop|all" >&2; exit 2 ;;
+  *) echo "usage: $0 setup|sink|bench|summary|stop|all" >&2; exit 2 ;;
 esac

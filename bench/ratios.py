@@ -3,7 +3,10 @@
 messages/s ratios (paired per repetition, medians), proxy CPU per 1000 messages and per
 1000 MiB, and peak RSS, next to the targets of the benchmark issue.
 
-usage: ratios.py RESULTS.csv TAG"""
+With `baseline`, compares this build (targets wasmtp, wasmtp3) with another build measured in
+the same run (targets base, base3): messages/s ratios and CPU per message of both.
+
+usage: ratios.py RESULTS.csv TAG [baseline]"""
 import csv
 import statistics as st
 import sys
@@ -34,6 +37,22 @@ def target_ratio(conc, size):
         return 0.6
     return 0.5 if conc == 1 else 0.4
 
+
+def cpu_per_msg(target, conc, size):
+    n = med(target, conc, size, "count")
+    return med(target, conc, size, "server_cpu") * 1000 / n if n == n and n else float("nan")
+
+
+if len(sys.argv) > 3 and sys.argv[3] == "baseline":
+    print("| case | msg/s bare: this / baseline | msg/s +3 plugins: this / baseline "
+          "| proxy CPU ms/msg bare: this, baseline | proxy CPU ms/msg +3 plugins: this, baseline |")
+    print("|---|---|---|---|---|")
+    for conc, size in cases:
+        print(f"| c={conc}, {size // 1024} KiB | {ratio('wasmtp', 'base', conc, size):.3f} | "
+              f"{ratio('wasmtp3', 'base3', conc, size):.3f} | "
+              f"{cpu_per_msg('wasmtp', conc, size):.3f}, {cpu_per_msg('base', conc, size):.3f} | "
+              f"{cpu_per_msg('wasmtp3', conc, size):.3f}, {cpu_per_msg('base3', conc, size):.3f} |")
+    sys.exit(0)
 
 print("| case | direct msg/s | wasmtp msg/s | wasmtp+3 plugins msg/s | Haraka msg/s | +3 plugins / direct (target) "
       "| +3 plugins / Haraka (target 5) | no plugins / direct | proxy CPU s per 1000 msgs (+3 plugins) "

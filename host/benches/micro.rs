@@ -110,7 +110,7 @@ fn plugins(c: &mut Criterion) {
     while message.len() < 100 << 10 {
         message.extend_from_slice(b"a line of text of a typical length for a message body, more or less.\r\n");
     }
-    let headers = HeaderSection::parse(&message);
+    let headers = HeaderSection::parse(&message, 10_000).unwrap();
     let body = Arc::new(message[headers.body_offset as usize..].to_vec());
     group.throughput(Throughput::Bytes(message.len() as u64));
     group.bench_function("on-data 100 KiB incl. fresh sandbox", |b| {

@@ -65,7 +65,7 @@ fn message_of_size(size: usize) -> (HeaderSection, Arc<Vec<u8>>) {
     while message.len() < size {
         message.extend_from_slice(b"a line of text of a typical length for a message body, more or less.\r\n");
     }
-    let headers = HeaderSection::parse(&message);
+    let headers = HeaderSection::parse(&message, 10_000).unwrap();
     let body = Arc::new(message[headers.body_offset as usize..].to_vec());
     (headers, body)
 }

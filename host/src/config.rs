@@ -39,6 +39,11 @@ pub struct ServerConfig {
     pub hostname: Option<String>,
     /// Concurrent client connections; further clients get `421 4.7.0` and are closed.
     pub max_connections: usize,
+    /// Concurrent connections from one client address (as Postfix's
+    /// `smtpd_client_connection_count_limit`); further ones get `421 4.7.0`.
+    pub max_connections_per_ip: usize,
+    /// Client networks the per-address limit does not apply to.
+    pub connection_limit_exempt: Vec<ipnet::IpNet>,
     /// Bare CR, bare LF and NUL in message data: `reject` (default) or `normalize`.
     pub line_endings: LineEndings,
     /// Directory for messages larger than `limits.memory_buffer`; the system temp directory
@@ -52,6 +57,8 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 2525)),
             hostname: None,
             max_connections: 1000,
+            max_connections_per_ip: 50,
+            connection_limit_exempt: vec!["127.0.0.0/8".parse().expect("valid"), "::1/128".parse().expect("valid")],
             line_endings: LineEndings::Reject,
             spool_dir: None,
         }
@@ -73,6 +80,9 @@ pub struct Limits {
     pub max_line_length: usize,
     /// Messages up to this size are held in memory; larger ones spill to `server.spool_dir`.
     pub memory_buffer: ByteSize,
+    /// Header fields a message may have when plugins or authentication read its header
+    /// section; more get `552 5.3.4` after the end of data.
+    pub max_header_fields: usize,
 }
 
 impl Default for Limits {
@@ -83,6 +93,7 @@ impl Default for Limits {
             max_errors: 10,
             max_line_length: 64 << 10,
             memory_buffer: ByteSize(1 << 20),
+            max_header_fields: 1000,
         }
     }
 }
@@ -153,8 +164,10 @@ impl Default for UpstreamConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SandboxConfig {
-    /// Plugin calls running at once across all sessions; sizes the instance pool. A call that
-    /// finds the pool busy waits up to its time limit, then counts as a fault.
+    /// Plugin calls running at once across all sessions, divided among the plugins (each gets
+    /// at least 4, or its own `limits.concurrency`); the shares together size the instance
+    /// pool. A call that finds its plugin's share busy waits up to its time limit, then counts
+    /// as a `busy` fault, which does not feed the breaker.
     pub max_in_flight: u32,
     /// Where compiled plugins are cached, so a restart does not recompile them; unset means
     /// `$XDG_CACHE_HOME/wasmtp` or `~/.cache/wasmtp`. The directory is created with mode 0700
@@ -234,6 +247,11 @@ pub struct PluginLimits {
     pub max_body: ByteSize,
     /// Data a plugin may pass through host calls (logs, notes, key-value) in one call.
     pub host_data: ByteSize,
+    /// Notes (keys and values) the plugin may hold for one session.
+    pub notes: ByteSize,
+    /// Calls of this plugin that may run at once (its share of the instance pool); unset
+    /// means `sandbox.max_in_flight` divided among the plugins, at least 4.
+    pub concurrency: Option<u32>,
 }
 
 impl Default for PluginLimits {
@@ -244,6 +262,8 @@ impl Default for PluginLimits {
             memory: ByteSize(32 << 20),
             max_body: ByteSize(10 << 20),
             host_data: ByteSize(1 << 20),
+            notes: ByteSize(64 << 10),
+            concurrency: None,
         }
     }
 }
@@ -549,9 +569,11 @@ impl Config {
         let positive =
             |name: &str, ok: bool| if ok { Ok(()) } else { Err(format!("field `{name}`: must be greater than zero")) };
         positive("server.max_connections", self.server.max_connections > 0)?;
+        positive("server.max_connections_per_ip", self.server.max_connections_per_ip > 0)?;
         positive("limits.max_message_size", self.limits.max_message_size.0 > 0)?;
         positive("limits.max_recipients", self.limits.max_recipients > 0)?;
         positive("limits.max_errors", self.limits.max_errors > 0)?;
+        positive("limits.max_header_fields", self.limits.max_header_fields > 0)?;
         positive("timeouts.idle", !self.timeouts.idle.is_zero())?;
         positive("upstream.connect_timeout", !self.upstream.connect_timeout.is_zero())?;
         positive("upstream.command_timeout", !self.upstream.command_timeout.is_zero())?;
@@ -575,9 +597,10 @@ impl Config {
                 return Err(format!("field `plugins[{i}].limits.memory`: must be between 1MiB and 4GiB"));
             }
             positive(&format!("plugins[{i}].breaker.failures"), plugin.breaker.failures > 0)?;
+            positive(&format!("plugins[{i}].limits.concurrency"), limits.concurrency != Some(0))?;
         }
         if let Some(name) = &self.server.hostname
-            && (name.is_empty() || name.contains(|c: char| c.is_whitespace() || c.is_control()))
+            && (name.is_empty() || name.len() > 200 || !name.chars().all(|c| c.is_ascii_graphic()))
         {
             return Err(format!("field `server.hostname`: `{name}` is not a host name"));
         }

@@ -83,6 +83,10 @@ pub fn too_many_connections() -> Reply {
     r(421, (4, 7, 0), "Too many connections, try again later")
 }
 
+pub fn too_many_connections_from_you() -> Reply {
+    r(421, (4, 7, 0), "Too many connections from your address, try again later")
+}
+
 pub fn synchronization_error() -> Reply {
     r(554, (5, 5, 0), "Protocol synchronization error: input sent before our reply")
 }
@@ -145,6 +149,10 @@ pub fn no_valid_recipients() -> Reply {
 
 pub fn message_too_big() -> Reply {
     r(552, (5, 3, 4), "Message size exceeds fixed limit")
+}
+
+pub fn too_many_header_fields() -> Reply {
+    r(552, (5, 3, 4), "Too many header fields")
 }
 
 pub fn bare_line_ending_in_data() -> Reply {
@@ -222,6 +230,7 @@ mod tests {
             data_timeout(host),
             too_many_errors(host),
             too_many_connections(),
+            too_many_connections_from_you(),
             synchronization_error(),
             line_too_long(),
             bare_line_ending_in_command(),
@@ -233,6 +242,7 @@ mod tests {
             too_many_recipients(),
             no_valid_recipients(),
             message_too_big(),
+            too_many_header_fields(),
             bare_line_ending_in_data(),
             data_line_too_long(65536),
             cannot_store(),

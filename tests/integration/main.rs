@@ -5,6 +5,7 @@
 mod support;
 
 mod auth;
+mod bounds;
 mod clients;
 mod examples;
 mod happy_path;

@@ -2,59 +2,12 @@
 //! (plus a margin), the proxy stays up, other sessions go on meanwhile, the fault is logged with
 //! the plugin's name and kind, and the circuit breaker opens and closes.
 
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use wasmtp_test_artifacts as wasm;
 
 use crate::support::*;
-
-/// Log lines of the whole test run. A scoped subscriber would miss events on threads where
-/// tracing cached "no interest" for a call site, so one global subscriber collects everything
-/// and each test looks for lines naming its own plugins.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Logs {
-    fn global() -> Logs {
-        static LOGS: OnceLock<Logs> = OnceLock::new();
-        LOGS.get_or_init(|| {
-            let logs = Logs::default();
-            let subscriber = tracing_subscriber::fmt()
-                .with_writer(logs.clone())
-                .with_ansi(false)
-                .with_max_level(tracing::Level::INFO)
-                .finish();
-            tracing::subscriber::set_global_default(subscriber).expect("no other global subscriber");
-            logs
-        })
-        .clone()
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
-    type Writer = Logs;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
 
 fn hostile(name: &str, behaviour: &str, time: Duration) -> wasmtp::config::PluginConfig {
     let mut p = plugin(name, wasm::HOSTILE, json!({"behaviour": behaviour}));

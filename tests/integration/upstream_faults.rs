@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 /// Short upstream budgets so hangs are detected quickly (tested values, not sleeps).
-const FAST: &str = "[timeouts]\nidle = \"30s\"\n[upstream]\nconnect_timeout = \"300ms\"\n\
+pub(crate) const FAST: &str = "[timeouts]\nidle = \"30s\"\n[upstream]\nconnect_timeout = \"300ms\"\n\
                     command_timeout = \"300ms\"\ndata_timeout = \"500ms\"\n";
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -250,13 +250,37 @@ impl Auth {
         checks
     }
 
-    /// The `DKIM-Signature:` header for the final message, when signing is configured.
-    pub fn sign(&self, message: &[u8]) -> Option<Result<String, String>> {
-        let signature = match self.signer.as_ref()? {
-            Signer::Rsa(signer) => signer.sign(message),
-            Signer::Ed25519(signer) => signer.sign(message),
+    /// A signer to feed the final message to, chunk by chunk, when signing is configured: only
+    /// the header section is buffered, the body is hashed as it streams by.
+    pub fn signing(&self) -> Option<Signing<'_>> {
+        Some(match self.signer.as_ref()? {
+            Signer::Rsa(signer) => Signing::Rsa(signer.sign_streaming()),
+            Signer::Ed25519(signer) => Signing::Ed25519(signer.sign_streaming()),
+        })
+    }
+}
+
+/// A DKIM signature being computed over a message as it streams.
+pub enum Signing<'a> {
+    Rsa(mail_auth::dkim::DkimSigningStream<'a, RsaKey<Sha256>>),
+    Ed25519(mail_auth::dkim::DkimSigningStream<'a, Ed25519Key>),
+}
+
+impl Signing<'_> {
+    pub fn write(&mut self, chunk: &[u8]) {
+        match self {
+            Signing::Rsa(stream) => stream.write(chunk),
+            Signing::Ed25519(stream) => stream.write(chunk),
+        }
+    }
+
+    /// The `DKIM-Signature:` header field, CRLF-terminated.
+    pub fn finish(self) -> Result<String, mail_auth::Error> {
+        let signature = match self {
+            Signing::Rsa(stream) => stream.finish(),
+            Signing::Ed25519(stream) => stream.finish(),
         };
-        Some(signature.map(|s| s.to_header()).map_err(|e| e.to_string()))
+        signature.map(|s| s.to_header())
     }
 }
 

@@ -1,6 +1,11 @@
 //! The per-plugin circuit breaker: after `failures` faults in a row a plugin is bypassed for
-//! `cooldown` (its `on_error` policy applies without calling it); after the cooldown the next
-//! call is a trial that closes the breaker on success or opens it again on failure.
+//! `cooldown` (its `on_error` policy applies without calling it); after the cooldown one call
+//! at a time is let through as a trial, which closes the breaker on success or opens it again.
+//!
+//! Only calls the breaker admitted count, and a call that was admitted before the breaker
+//! opened neither closes it nor extends it: a slow call that finally succeeds says nothing about
+//! the plugin's health now. A trial that never reports (its session was dropped) gives the trial
+//! back, so the breaker cannot stay half-open for good.
 
 use std::sync::Mutex;
 
@@ -17,7 +22,15 @@ pub struct Breaker {
 #[derive(Debug, Default)]
 struct State {
     failures: u32,
-    open_until: Option<Instant>,
+    open: Option<Open>,
+}
+
+#[derive(Debug)]
+struct Open {
+    since: Instant,
+    until: Instant,
+    /// A trial call is in flight.
+    trial: bool,
 }
 
 /// A change of state worth logging.
@@ -27,40 +40,89 @@ pub enum Transition {
     Closed,
 }
 
+/// Permission for one call; report its outcome with [`Breaker::record`].
+#[derive(Debug)]
+#[must_use]
+pub struct Ticket<'a> {
+    breaker: &'a Breaker,
+    admitted: Instant,
+    trial: bool,
+    reported: bool,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if self.trial && !self.reported {
+            let mut state = self.breaker.lock();
+            if let Some(open) = &mut state.open {
+                open.trial = false;
+            }
+        }
+    }
+}
+
 impl Breaker {
     pub fn new(config: BreakerConfig) -> Self {
         Self { config, state: Mutex::new(State::default()) }
-    }
-
-    /// Whether the plugin may be called now.
-    pub fn allows_call(&self) -> bool {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.open_until.is_none_or(|until| Instant::now() >= until)
     }
 
     pub fn cooldown(&self) -> std::time::Duration {
         self.config.cooldown
     }
 
-    /// Records the outcome of a call.
-    pub fn record(&self, success: bool) -> Option<Transition> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if success {
-            state.failures = 0;
-            return state.open_until.take().map(|_| Transition::Closed);
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A ticket if the plugin may be called now; `None` while the breaker is open (or its one
+    /// trial is already in flight).
+    pub fn admit(&self) -> Option<Ticket<'_>> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let trial = match &mut state.open {
+            None => false,
+            Some(open) if now < open.until || open.trial => return None,
+            Some(open) => {
+                open.trial = true;
+                true
+            }
+        };
+        Some(Ticket { breaker: self, admitted: now, trial, reported: false })
+    }
+
+    /// Records the outcome of an admitted call.
+    pub fn record(&self, mut ticket: Ticket<'_>, success: bool) -> Option<Transition> {
+        ticket.reported = true;
+        let now = Instant::now();
+        let mut state = self.lock();
+        match &mut state.open {
+            Some(open) if ticket.trial => {
+                if success {
+                    state.open = None;
+                    state.failures = 0;
+                    return Some(Transition::Closed);
+                }
+                open.until = now + self.config.cooldown;
+                open.trial = false;
+                None
+            }
+            // Admitted before the breaker opened: it says nothing about now.
+            Some(open) if ticket.admitted < open.since => None,
+            Some(_) => None,
+            None if success => {
+                state.failures = 0;
+                None
+            }
+            None => {
+                state.failures += 1;
+                if state.failures < self.config.failures {
+                    return None;
+                }
+                state.failures = 0;
+                state.open = Some(Open { since: now, until: now + self.config.cooldown, trial: false });
+                Some(Transition::Opened)
+            }
         }
-        if state.open_until.is_some() {
-            // A failed trial (or a call that started before the breaker opened): stay open.
-            state.open_until = Some(Instant::now() + self.config.cooldown);
-            return None;
-        }
-        state.failures += 1;
-        if state.failures >= self.config.failures {
-            state.failures = 0;
-            state.open_until = Some(Instant::now() + self.config.cooldown);
-            return Some(Transition::Opened);
-        }
-        None
     }
 }
 
@@ -70,20 +132,46 @@ mod tests {
 
     use super::*;
 
+    fn breaker() -> Breaker {
+        Breaker::new(BreakerConfig { failures: 2, cooldown: Duration::from_secs(10) })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn opens_after_repeated_faults_and_closes_after_a_good_trial() {
-        let b = Breaker::new(BreakerConfig { failures: 2, cooldown: Duration::from_secs(10) });
-        assert_eq!(b.record(false), None);
-        assert_eq!(b.record(true), None, "a success resets the count");
-        assert_eq!(b.record(false), None);
-        assert_eq!(b.record(false), Some(Transition::Opened));
-        assert!(!b.allows_call());
+        let b = breaker();
+        assert_eq!(b.record(b.admit().unwrap(), false), None);
+        assert_eq!(b.record(b.admit().unwrap(), true), None, "a success resets the count");
+        assert_eq!(b.record(b.admit().unwrap(), false), None);
+        assert_eq!(b.record(b.admit().unwrap(), false), Some(Transition::Opened));
+        assert!(b.admit().is_none());
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert!(b.allows_call(), "half open after the cooldown");
-        assert_eq!(b.record(false), None, "a failed trial keeps it open");
-        assert!(!b.allows_call());
+        let trial = b.admit().expect("half open after the cooldown");
+        assert!(b.admit().is_none(), "one trial at a time");
+        assert_eq!(b.record(trial, false), None, "a failed trial keeps it open");
+        assert!(b.admit().is_none());
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(b.record(true), Some(Transition::Closed));
-        assert!(b.allows_call());
+        assert_eq!(b.record(b.admit().unwrap(), true), Some(Transition::Closed));
+        assert!(b.admit().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_admitted_before_the_breaker_opened_does_not_close_it() {
+        let b = breaker();
+        let slow = b.admit().unwrap();
+        tokio::time::advance(Duration::from_millis(1)).await;
+        b.record(b.admit().unwrap(), false);
+        assert_eq!(b.record(b.admit().unwrap(), false), Some(Transition::Opened));
+        assert_eq!(b.record(slow, true), None, "the slow success is ignored");
+        assert!(b.admit().is_none(), "still open for the whole cooldown");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trial_that_never_reports_is_given_back() {
+        let b = breaker();
+        b.record(b.admit().unwrap(), false);
+        b.record(b.admit().unwrap(), false);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        drop(b.admit().expect("the trial"));
+        assert!(b.admit().is_some(), "the next call may try again");
     }
 }

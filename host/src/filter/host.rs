@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::kv::{self, KvStore};
@@ -12,6 +13,10 @@ use super::kv::{self, KvStore};
 pub const MAX_HOST_CALLS: u32 = 10_000;
 /// Longest log message kept, in characters; the rest is cut.
 const MAX_LOG_CHARS: usize = 2000;
+/// Log lines one call may write; further lines are counted, and summarised in one line.
+pub const MAX_LOG_LINES: u64 = 20;
+/// Log octets one call may write.
+pub const MAX_LOG_BYTES: u64 = 8 << 10;
 
 /// Log levels a plugin can write at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +39,8 @@ pub enum HostCallError {
     KeyTooLong,
     #[error("value larger than {} octets", kv::MAX_VALUE)]
     ValueTooLarge,
+    #[error("the plugin's notes would exceed their limit of {0} octets for the session")]
+    NotesFull(usize),
     #[error("the key-value store is full")]
     StoreFull,
 }
@@ -42,6 +49,39 @@ impl HostCallError {
     /// The plugin broke a limit of its contract (rather than the host failing it).
     pub fn is_plugin_fault(&self) -> bool {
         !matches!(self, HostCallError::StoreFull)
+    }
+}
+
+/// What one call wrote to the log, and what it was not allowed to write. Shared with the
+/// chain, so the summary is written even when the call is dropped at its deadline.
+#[derive(Debug, Default)]
+pub struct LogBudget {
+    lines: AtomicU64,
+    octets: AtomicU64,
+    suppressed_lines: AtomicU64,
+    suppressed_octets: AtomicU64,
+}
+
+impl LogBudget {
+    /// Whether a line of `len` octets may still be written.
+    fn take(&self, len: usize) -> bool {
+        let lines = self.lines.fetch_add(1, Ordering::Relaxed) + 1;
+        let octets = self.octets.fetch_add(len as u64, Ordering::Relaxed) + len as u64;
+        if lines <= MAX_LOG_LINES && octets <= MAX_LOG_BYTES {
+            return true;
+        }
+        self.suppressed_lines.fetch_add(1, Ordering::Relaxed);
+        self.suppressed_octets.fetch_add(len as u64, Ordering::Relaxed);
+        false
+    }
+
+    /// Logs one line for what was suppressed, if anything was.
+    pub fn report(&self, plugin: &str) {
+        let lines = self.suppressed_lines.load(Ordering::Relaxed);
+        if lines > 0 {
+            let octets = self.suppressed_octets.load(Ordering::Relaxed);
+            tracing::warn!(plugin, lines, octets, "plugin log output over its per-call limit was dropped");
+        }
     }
 }
 
@@ -104,6 +144,10 @@ pub struct HostContext {
     /// Octets still allowed through host calls in this call.
     data_budget: usize,
     calls: u32,
+    /// Octets of notes (keys and values) the plugin holds in this session, and its limit.
+    notes_bytes: usize,
+    notes_limit: usize,
+    logs: Arc<LogBudget>,
 }
 
 impl HostContext {
@@ -115,7 +159,32 @@ impl HostContext {
         notes: HashMap<String, String>,
         data_budget: usize,
     ) -> Self {
-        Self { plugin, session, config_json, kv, notes, note_writes: Vec::new(), data_budget, calls: 0 }
+        let notes_bytes = notes.iter().map(|(k, v)| k.len() + v.len()).sum();
+        Self {
+            plugin,
+            session,
+            config_json,
+            kv,
+            notes,
+            note_writes: Vec::new(),
+            data_budget,
+            calls: 0,
+            notes_bytes,
+            notes_limit: usize::MAX,
+            logs: Arc::default(),
+        }
+    }
+
+    /// Bounds the octets of notes the plugin may hold in the session.
+    pub fn with_notes_limit(mut self, limit: usize) -> Self {
+        self.notes_limit = limit;
+        self
+    }
+
+    /// Counts this call's log output in `logs`.
+    pub fn with_log_budget(mut self, logs: Arc<LogBudget>) -> Self {
+        self.logs = logs;
+        self
     }
 
     pub fn plugin(&self) -> &str {
@@ -149,6 +218,9 @@ impl HostContext {
     /// characters become spaces.
     pub fn log(&mut self, level: LogLevel, message: &str) -> Result<(), HostCallError> {
         self.charge(message.len())?;
+        if !self.logs.take(message.len()) {
+            return Ok(());
+        }
         let message: String =
             message.chars().take(MAX_LOG_CHARS).map(|c| if c.is_control() { ' ' } else { c }).collect();
         let (plugin, session) = (&*self.plugin, &*self.session);
@@ -179,6 +251,12 @@ impl HostContext {
         self.charge(key.len() + value.len())?;
         Self::check_key(&key)?;
         Self::check_value(value.len())?;
+        let replaced = self.notes.get(&key).map_or(0, |old| key.len() + old.len());
+        let bytes = (self.notes_bytes - replaced).saturating_add(key.len() + value.len());
+        if bytes > self.notes_limit {
+            return Err(HostCallError::NotesFull(self.notes_limit));
+        }
+        self.notes_bytes = bytes;
         self.notes.insert(key.clone(), value.clone());
         self.note_writes.push((key, value));
         Ok(())
@@ -239,6 +317,34 @@ mod tests {
         assert_eq!(host.kv_incr(&long_key, 1, None), Err(HostCallError::KeyTooLong));
         assert_eq!(host.kv_set("k", vec![0; kv::MAX_VALUE + 1], None), Err(HostCallError::ValueTooLarge));
         assert!(!HostCallError::StoreFull.is_plugin_fault());
+    }
+
+    #[test]
+    fn notes_are_bounded_per_session() {
+        let mut notes = HashMap::new();
+        notes.insert("old".to_string(), "x".repeat(50));
+        let mut host =
+            HostContext::new("p".into(), "s".into(), "{}".into(), Arc::new(KvStore::new()), notes, usize::MAX)
+                .with_notes_limit(100);
+        host.notes_set("old".into(), "y".repeat(90)).unwrap();
+        assert_eq!(host.notes_set("new".into(), "z".repeat(10)), Err(HostCallError::NotesFull(100)));
+        host.notes_set("old".into(), "short".into()).unwrap();
+        host.notes_set("new".into(), "z".repeat(10)).unwrap();
+    }
+
+    #[test]
+    fn log_output_per_call_is_capped() {
+        let logs = Arc::new(LogBudget::default());
+        let mut host = context(usize::MAX).with_log_budget(logs.clone());
+        for _ in 0..1000 {
+            host.log(LogLevel::Trace, "spam").unwrap();
+        }
+        assert_eq!(logs.lines.load(Ordering::Relaxed), 1000);
+        assert_eq!(logs.suppressed_lines.load(Ordering::Relaxed), 1000 - MAX_LOG_LINES);
+        let logs = Arc::new(LogBudget::default());
+        let mut host = context(usize::MAX).with_log_budget(logs.clone());
+        host.log(LogLevel::Trace, &"x".repeat(MAX_LOG_BYTES as usize + 1)).unwrap();
+        assert_eq!(logs.suppressed_lines.load(Ordering::Relaxed), 1, "one huge line is over the octet cap");
     }
 
     #[test]

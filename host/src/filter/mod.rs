@@ -30,8 +30,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use self::api::{BodyAccess, Call, Connection, Decision, EditKind, Manifest, Stage};
-use self::breaker::{Breaker, Transition};
-use self::host::{HostContext, NoteScopes};
+use self::breaker::{Breaker, Ticket, Transition};
+use self::host::{HostContext, LogBudget, NoteScopes};
 use self::kv::KvStore;
 pub use self::sandbox::{Fault, FaultKind, Sandbox};
 use self::stages::StageState;
@@ -51,6 +51,24 @@ pub enum Outcome {
     Disconnect(Reply),
 }
 
+impl Outcome {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Continue => "continue",
+            Outcome::Reject(_) => "reject",
+            Outcome::Tempfail(_) => "tempfail",
+            Outcome::Disconnect(_) => "disconnect",
+        }
+    }
+
+    pub fn reply(&self) -> Option<&Reply> {
+        match self {
+            Outcome::Continue => None,
+            Outcome::Reject(r) | Outcome::Tempfail(r) | Outcome::Disconnect(r) => Some(r),
+        }
+    }
+}
+
 /// One loaded plugin: what it declared, its policies, and the sandbox that runs it.
 pub struct Plugin {
     pub name: Arc<str>,
@@ -59,6 +77,7 @@ pub struct Plugin {
     pub limits: PluginLimits,
     config_json: Arc<str>,
     breaker: Breaker,
+    fault_log: FaultLog,
     sandbox: Box<dyn Sandbox>,
 }
 
@@ -82,6 +101,7 @@ impl Plugin {
             limits: config.limits.clone(),
             config_json: plugin_config_json(config)?.into(),
             breaker: Breaker::new(config.breaker.clone()),
+            fault_log: FaultLog::default(),
             sandbox,
         })
     }
@@ -147,13 +167,14 @@ impl Chain {
     /// verdicts. `state` ends up as the last successful plugin left it.
     pub async fn run<S: StageState>(&self, conn: &Connection, mut notes: NoteScopes<'_>, state: &mut S) -> Outcome {
         for plugin in self.plugins.iter().filter(|p| p.manifest.declares(S::STAGE)) {
-            let verdict = if plugin.breaker.allows_call() {
-                self.call(plugin, conn, &mut notes, state).await
-            } else {
-                tracing::debug!(plugin = %plugin.name, stage = %S::STAGE, "circuit open: plugin bypassed");
-                None
+            let verdict = match plugin.breaker.admit() {
+                Some(ticket) => self.call(plugin, ticket, conn, &mut notes, state).await,
+                None => {
+                    tracing::debug!(plugin = %plugin.name, stage = %S::STAGE, "circuit open: plugin bypassed");
+                    None
+                }
             };
-            let reply = match verdict {
+            let outcome = match verdict {
                 None => match on_error(plugin, S::STAGE) {
                     Outcome::Continue => continue,
                     outcome => return outcome,
@@ -168,24 +189,31 @@ impl Chain {
                 plugin = %plugin.name,
                 version = %plugin.manifest.version,
                 stage = %S::STAGE,
-                outcome = ?reply,
+                verdict = outcome.name(),
+                reply = ?outcome.reply().map(brief).unwrap_or_default(),
                 "plugin verdict"
             );
-            return reply;
+            return outcome;
         }
         Outcome::Continue
     }
 
     /// Calls one plugin and applies its answer to `state`: the checked verdict, or `None` after
     /// a fault (logged, counted by the breaker, with the state and notes untouched).
+    ///
+    /// The call runs under a timer of its own: whatever the sandbox does — guest code, or a
+    /// host or WASI call that blocks — it is dropped at its budget (plus a few ticks of the
+    /// sandbox's own clock, which stops spinning guests first and keeps their stderr).
     async fn call<S: StageState>(
         &self,
         plugin: &Plugin,
+        ticket: Ticket<'_>,
         conn: &Connection,
         notes: &mut NoteScopes<'_>,
         state: &mut S,
     ) -> Option<Verdict> {
         let started = Instant::now();
+        let logs = Arc::new(LogBudget::default());
         let host = HostContext::new(
             plugin.name.clone(),
             conn.session_id.clone(),
@@ -193,12 +221,23 @@ impl Chain {
             self.kv.clone(),
             notes.visible_to(&plugin.name),
             plugin.limits.host_data.bytes() as usize,
-        );
+        )
+        .with_notes_limit(plugin.limits.notes.bytes() as usize)
+        .with_log_budget(logs.clone());
+        let budget = plugin.budget(S::STAGE);
         let call = Call { conn, input: state.input(plugin) };
-        let (answer, host) = plugin.sandbox.call(call, host, plugin.budget(S::STAGE)).await;
+        let answer = tokio::time::timeout(budget + OVERRUN_GRACE, plugin.sandbox.call(call, host, budget)).await;
         let latency_us = started.elapsed().as_micros() as u64;
+        let (answer, note_writes) = match answer {
+            Ok((answer, host)) => (answer, host.into_note_writes()),
+            Err(_) => (Err(Fault::new(FaultKind::Timeout, "time limit exceeded in a host or WASI call")), Vec::new()),
+        };
+        logs.report(&plugin.name);
         let decided = answer.and_then(|decision| apply(plugin, state, decision).map_err(Fault::from));
-        match plugin.breaker.record(decided.is_ok()) {
+        // Waiting for a free slot says nothing about the plugin's health: it does not count.
+        let busy = matches!(&decided, Err(fault) if fault.kind == FaultKind::Busy);
+        let transition = if busy { None } else { plugin.breaker.record(ticket, decided.is_ok()) };
+        match transition {
             Some(Transition::Opened) => tracing::warn!(
                 plugin = %plugin.name,
                 cooldown = ?plugin.breaker.cooldown(),
@@ -209,7 +248,7 @@ impl Chain {
         }
         match decided {
             Ok((verdict, edited, edits)) => {
-                notes.commit(&plugin.name, host.into_note_writes());
+                notes.commit(&plugin.name, note_writes);
                 if let Some(edited) = edited {
                     *state = edited;
                 }
@@ -217,7 +256,7 @@ impl Chain {
                     plugin = %plugin.name,
                     version = %plugin.manifest.version,
                     stage = %S::STAGE,
-                    verdict = ?verdict,
+                    verdict = verdict.name(),
                     edits,
                     latency_us,
                     "plugin decision"
@@ -225,20 +264,80 @@ impl Chain {
                 Some(verdict)
             }
             Err(fault) => {
-                tracing::warn!(
-                    plugin = %plugin.name,
-                    version = %plugin.manifest.version,
-                    stage = %S::STAGE,
-                    fault = %fault.kind,
-                    detail = %fault.detail,
-                    stderr = ?fault.stderr,
-                    latency_us,
-                    on_error = ?plugin.on_error,
-                    "plugin fault"
-                );
+                if let Some(suppressed) = plugin.fault_log.admit() {
+                    tracing::warn!(
+                        plugin = %plugin.name,
+                        version = %plugin.manifest.version,
+                        stage = %S::STAGE,
+                        fault = %fault.kind,
+                        // Debug-quoted: a plugin's text cannot start a log line of its own.
+                        detail = ?truncated(&fault.detail, MAX_LOGGED_DETAIL),
+                        stderr = ?truncated(&fault.stderr, MAX_LOGGED_DETAIL * 4),
+                        latency_us,
+                        on_error = ?plugin.on_error,
+                        suppressed_since_last = suppressed,
+                        "plugin fault"
+                    );
+                }
                 None
             }
         }
+    }
+}
+
+/// How long past its budget a call may take before the chain drops it; a few ticks of the
+/// sandbox's own epoch clock, so a spinning guest is stopped (and classified) by the sandbox.
+const OVERRUN_GRACE: Duration = Duration::from_millis(5);
+/// Most edits one call may return; more is an invalid answer.
+pub const MAX_EDITS_PER_CALL: usize = 1000;
+/// Longest fault detail written to the log, in characters.
+const MAX_LOGGED_DETAIL: usize = 300;
+
+/// `text` cut at `max` characters, with its full length when cut.
+fn truncated(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_string(),
+        Some((cut, _)) => format!("{}… ({} octets)", &text[..cut], text.len()),
+    }
+}
+
+/// A reply for the log: its first line, cut, and its size when it is longer.
+fn brief(reply: &Reply) -> String {
+    let first = format!("{} {}", reply.code(), reply.lines().first().map_or("", String::as_str));
+    let lines = reply.lines().len();
+    if lines == 1 && first.chars().count() <= 200 {
+        return first;
+    }
+    let octets = reply.to_bytes().len();
+    format!("{} ({lines} lines, {octets} octets)", truncated(&first, 200))
+}
+
+/// At most [`FaultLog::PER_WINDOW`] fault lines per plugin per window; the rest are counted and
+/// the count goes with the next line written.
+#[derive(Debug, Default)]
+struct FaultLog {
+    state: std::sync::Mutex<(Option<Instant>, u32, u64)>,
+}
+
+impl FaultLog {
+    const PER_WINDOW: u32 = 10;
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    /// `Some(suppressed since the last line)` when this fault may be logged.
+    fn admit(&self) -> Option<u64> {
+        let now = Instant::now();
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (start, logged, suppressed) = &mut *guard;
+        if start.is_none_or(|s| now.duration_since(s) >= Self::WINDOW) {
+            *start = Some(now);
+            *logged = 0;
+        }
+        if *logged >= Self::PER_WINDOW {
+            *suppressed += 1;
+            return None;
+        }
+        *logged += 1;
+        Some(std::mem::take(suppressed))
     }
 }
 
@@ -251,6 +350,9 @@ fn apply<S: StageState>(
 ) -> Result<(Verdict, Option<S>, usize), validate::Violation> {
     let verdict = validate::verdict(&decision.verdict)?;
     let count = decision.edits.len();
+    if count > MAX_EDITS_PER_CALL {
+        return Err(validate::Violation::TooManyEdits(count));
+    }
     if count == 0 {
         return Ok((verdict, None, 0));
     }

@@ -256,7 +256,7 @@ impl StageState for DataState {
             }
             Edit::InsertHeader { index, header: h } => {
                 validate::header(&h.name, &h.value)?;
-                let fields = self.headers.fields.len();
+                let fields = self.headers.len();
                 if index as usize > fields {
                     return Err(Violation::InsertPosition { index, fields });
                 }
@@ -264,20 +264,14 @@ impl StageState for DataState {
             }
             Edit::ChangeHeader { name, occurrence, value } => {
                 validate::header_value(&name, &value)?;
-                let i = self.headers.find(&name, occurrence).ok_or(Violation::NoSuchHeader {
-                    edit: api::EditKind::ChangeHeader,
-                    name,
-                    occurrence,
-                })?;
-                self.headers.set_value(i, &value);
+                if !self.headers.set_value(&name, occurrence, &value) {
+                    return Err(Violation::NoSuchHeader { edit: api::EditKind::ChangeHeader, name, occurrence });
+                }
             }
             Edit::RemoveHeader { name, occurrence } => {
-                let i = self.headers.find(&name, occurrence).ok_or(Violation::NoSuchHeader {
-                    edit: api::EditKind::RemoveHeader,
-                    name,
-                    occurrence,
-                })?;
-                self.headers.remove(i);
+                if !self.headers.remove(&name, occurrence) {
+                    return Err(Violation::NoSuchHeader { edit: api::EditKind::RemoveHeader, name, occurrence });
+                }
             }
             Edit::ReplaceBody(body) => {
                 validate::body(&body, self.max_size)?;

@@ -41,6 +41,21 @@ impl Sandbox for Fake {
     }
 }
 
+/// A sandbox whose calls never end, like a guest blocked in a host call the sandbox's own clock
+/// cannot interrupt.
+struct Hanging;
+
+impl Sandbox for Hanging {
+    fn call<'a>(
+        &'a self,
+        _: Call<'a>,
+        _: HostContext,
+        _: Duration,
+    ) -> Pin<Box<dyn Future<Output = CallResult> + Send + 'a>> {
+        Box::pin(std::future::pending())
+    }
+}
+
 /// A plugin under test: its manifest, policy and script; `calls` counts how often it ran.
 struct TestPlugin {
     config: PluginConfig,
@@ -130,7 +145,7 @@ fn mail_state(sender: &str) -> MailState {
 }
 
 fn data_state(message: &[u8]) -> DataState {
-    let headers = HeaderSection::parse(message);
+    let headers = HeaderSection::parse(message, 1000).unwrap();
     let body = message[headers.body_offset as usize..].to_vec();
     let len = body.len() as u64;
     DataState::new(
@@ -225,7 +240,7 @@ async fn later_plugins_see_earlier_edits() {
             StageInput::Mail { sender } => sender.mailbox.clone(),
             StageInput::Data { message, .. } => {
                 let headers = message.headers.unwrap();
-                headers.fields.iter().map(|f| format!("{}: {}", f.name, f.value)).collect::<Vec<_>>().join("; ")
+                headers.iter().map(|f| format!("{}: {}", f.name, f.value)).collect::<Vec<_>>().join("; ")
             }
             _ => unreachable!(),
         };
@@ -272,7 +287,7 @@ async fn an_undeclared_edit_is_a_fault() {
     let sneaky = chain(vec![sneaky]);
     let mut data = data_state(MESSAGE);
     assert_eq!(run(&sneaky, &mut data).await, Outcome::Tempfail(replies::filter_tempfail(false)));
-    assert!(data.headers.find("X-Sneaky", 1).is_none());
+    assert!(!data.headers.find("X-Sneaky", 1));
 
     let wrong_stage = plugin("wrong-stage", &[Stage::Mail], |_, _| {
         answer(Verdict::Continue, vec![Edit::AddHeader(Header { name: "X".into(), value: "1".into() })])
@@ -391,7 +406,7 @@ async fn data_plugins_see_only_the_body_access_they_declared() {
         plugin(name, &[Stage::Data], move |call, _| {
             let StageInput::Data { message, .. } = &call.input else { unreachable!() };
             record.lock().unwrap().push((
-                message.headers.map(|h| h.fields.len()),
+                message.headers.map(|h| h.len()),
                 message.body.map(<[u8]>::to_vec),
                 message.body_truncated,
                 message.size,
@@ -506,4 +521,80 @@ async fn rcpt_aliases_replace_the_recipient_and_each_is_relayed_once() {
     let mut same = RcptState::new(mailbox("s@example.org"), vec![], mailbox("x@example.org"), false);
     same.added.push(mailbox("x@EXAMPLE.org"));
     assert_eq!(same.to_relay(), [mailbox("x@example.org")], "an alias equal to the recipient is relayed once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_that_never_returns_ends_at_its_budget() {
+    let mut config = PluginConfig::new("sleeper", "fake.wasm");
+    config.limits.time = Duration::from_millis(100);
+    config.on_error = OnError::Tempfail;
+    let manifest = Manifest {
+        name: "sleeper".into(),
+        version: "1".into(),
+        stages: vec![Stage::Mail],
+        body: BodyAccess::None,
+        edits: vec![],
+    };
+    let chain = Chain::new(vec![Plugin::new(&config, manifest, Box::new(Hanging)).unwrap()], Arc::new(KvStore::new()));
+    let started = tokio::time::Instant::now();
+    assert_eq!(run(&chain, &mut mail_state("a@example.org")).await, Outcome::Tempfail(replies::filter_tempfail(false)));
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(100) && took <= Duration::from_millis(110), "{took:?}");
+}
+
+#[tokio::test]
+async fn busy_faults_do_not_feed_the_breaker() {
+    let crowded = plugin("crowded", &[Stage::Mail], |_, _| Err(Fault::new(FaultKind::Busy, "no sandbox slot free")))
+        .breaker(1, Duration::from_secs(60));
+    let calls = crowded.counter();
+    let chain = chain(vec![crowded]);
+    for _ in 0..5 {
+        assert_eq!(
+            run(&chain, &mut mail_state("a@example.org")).await,
+            Outcome::Tempfail(replies::filter_tempfail(false))
+        );
+    }
+    assert_eq!(count(&calls), 5, "the breaker never opened: every call was tried");
+}
+
+#[tokio::test]
+async fn answers_are_bounded() {
+    let many_edits = plugin("many-edits", &[Stage::Data], |_, _| {
+        let edit = Edit::AddHeader(Header { name: "X-Spam".into(), value: "1".into() });
+        answer(Verdict::Continue, vec![edit; super::MAX_EDITS_PER_CALL + 1])
+    })
+    .edits(&[EditKind::AddHeader])
+    .on_error(OnError::Continue);
+    let chain1 = chain(vec![many_edits]);
+    let mut data = data_state(MESSAGE);
+    assert_eq!(run(&chain1, &mut data).await, Outcome::Continue);
+    assert_eq!(data.headers.len(), 2, "none of the edits applied");
+
+    let long_reply = plugin("long-reply", &[Stage::Mail], |_, _| {
+        let lines = vec!["no".to_string(); super::validate::MAX_REPLY_LINES + 1];
+        answer(Verdict::Reject(PluginReply { code: 550, enhanced: None, lines }), vec![])
+    })
+    .on_error(OnError::Reject);
+    let chain2 = chain(vec![long_reply]);
+    assert_eq!(run(&chain2, &mut mail_state("a@example.org")).await, Outcome::Reject(replies::filter_reject(false)));
+}
+
+#[tokio::test]
+async fn a_full_answer_of_header_removals_applies_in_order() {
+    let n = super::MAX_EDITS_PER_CALL;
+    let mut message: Vec<u8> = (0..n).flat_map(|i| format!("X-Internal: {i}\r\n").into_bytes()).collect();
+    message.extend_from_slice(b"Subject: kept\r\n\r\nbody\r\n");
+    // As header-stamper does: from the last occurrence backwards.
+    let stripper = plugin("stripper", &[Stage::Data], move |_, _| {
+        let edits = (1..=n as u32).rev().map(|occurrence| Edit::RemoveHeader { name: "x-internal".into(), occurrence });
+        answer(Verdict::Continue, edits.collect())
+    })
+    .edits(&[EditKind::RemoveHeader]);
+    let chain = chain(vec![stripper]);
+    let headers = HeaderSection::parse(&message, n + 1).unwrap();
+    let body = Arc::new(b"body\r\n".to_vec());
+    let mut state =
+        DataState::new(mailbox("a@example.org"), vec![mailbox("b@example.org")], headers, body, 6, false, 1 << 30);
+    assert_eq!(run(&chain, &mut state).await, Outcome::Continue);
+    assert_eq!(state.headers.render(false), b"Subject: kept\r\n\r\n");
 }

@@ -12,6 +12,8 @@ use crate::smtp::{EnhancedCode, Mailbox, Reply};
 const MAX_HEADER_LINE: usize = 998;
 const MAX_HEADER_NAME: usize = 200;
 const MAX_QUARANTINE_REASON: usize = 200;
+/// Most lines in a plugin's reply.
+pub const MAX_REPLY_LINES: usize = 20;
 
 /// Why a plugin's answer was refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -57,8 +59,10 @@ pub enum Violation {
     BodyLineEnding,
     #[error("invalid quarantine reason")]
     QuarantineReason,
-    #[error("the plugin returned a manifest for a stage call")]
-    ManifestForStage,
+    #[error("{0} edits in one answer; at most {max} are allowed", max = super::MAX_EDITS_PER_CALL)]
+    TooManyEdits(usize),
+    #[error("reply of {0} lines; at most {MAX_REPLY_LINES} are allowed")]
+    ReplyLines(usize),
 }
 
 /// A verdict, checked and converted to the host's reply type.
@@ -69,6 +73,18 @@ pub enum Verdict {
     Reject(Reply),
     Tempfail(Reply),
     Disconnect(Reply),
+}
+
+impl Verdict {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Verdict::Continue => "continue",
+            Verdict::Accept => "accept",
+            Verdict::Reject(_) => "reject",
+            Verdict::Tempfail(_) => "tempfail",
+            Verdict::Disconnect(_) => "disconnect",
+        }
+    }
 }
 
 pub fn verdict(v: &api::Verdict) -> Result<Verdict, Violation> {
@@ -92,6 +108,9 @@ fn reply(r: &api::PluginReply, verdict: &'static str, code_ok: impl Fn(u16) -> b
     };
     if r.lines.is_empty() {
         return Err(InvalidReply::NoLines.into());
+    }
+    if r.lines.len() > MAX_REPLY_LINES {
+        return Err(Violation::ReplyLines(r.lines.len()));
     }
     let reply = Reply::multiline(r.code, Some(enhanced), r.lines.clone());
     reply.validate()?;

@@ -103,6 +103,21 @@ impl MessageBuffer {
         Ok(())
     }
 
+    /// The whole content in place: the memory buffer, or the spilled file mapped read-only.
+    pub async fn view(&mut self) -> std::io::Result<ContentView<'_>> {
+        match &mut self.file {
+            None => Ok(ContentView::Memory(&self.memory)),
+            Some(file) => {
+                file.flush().await?;
+                // SAFETY: the file was created by `tempfile_in` and unlinked at once, so no other
+                // process can reach it, and this buffer only appends to it; the map lives no
+                // longer than this `&mut self` borrow, during which nothing is written.
+                let map = unsafe { memmap2::Mmap::map(&*file)? };
+                Ok(ContentView::Mapped(map))
+            }
+        }
+    }
+
     /// Reads up to `max` octets from the start, for the header section and plugin bodies.
     pub async fn read_prefix(&mut self, offset: u64, max: usize) -> std::io::Result<Vec<u8>> {
         let mut out = Vec::with_capacity(max.min(self.len as usize));
@@ -154,6 +169,23 @@ impl MessageBuffer {
     }
 }
 
+/// A message's content in place, see [`MessageBuffer::view`].
+pub enum ContentView<'a> {
+    Memory(&'a [u8]),
+    Mapped(memmap2::Mmap),
+}
+
+impl std::ops::Deref for ContentView<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            ContentView::Memory(bytes) => bytes,
+            ContentView::Mapped(map) => map,
+        }
+    }
+}
+
 /// What the `Received:` header says about the hop.
 #[derive(Debug)]
 pub struct TraceInfo<'a> {
@@ -191,10 +223,36 @@ pub fn received_header(t: &TraceInfo<'_>) -> String {
 /// Keeps a client-supplied word from breaking the header: only visible ASCII (and UTF-8 letters)
 /// outside of comment delimiters, at most 255 characters.
 pub fn header_safe(s: &str) -> String {
-    s.chars()
-        .take(255)
-        .map(|c| if c.is_control() || c.is_whitespace() || matches!(c, '(' | ')' | ';' | '\\') { '?' } else { c })
-        .collect()
+    let safe = |c: char| !(c.is_control() || c.is_whitespace() || is_format(c) || matches!(c, '(' | ')' | ';' | '\\'));
+    cut_at_octets(s.chars().map(|c| if safe(c) { c } else { '?' }).collect(), MAX_CLIENT_WORD)
+}
+
+/// Keeps a client-supplied word from breaking a reply line: printable ASCII only, at most
+/// [`MAX_CLIENT_WORD`] octets, so a reply that quotes it stays within 512 octets.
+pub fn reply_safe(s: &str) -> String {
+    cut_at_octets(s.chars().map(|c| if c.is_ascii_graphic() { c } else { '?' }).collect(), MAX_CLIENT_WORD)
+}
+
+/// The most octets of a client-supplied word the proxy writes into a header or reply.
+pub const MAX_CLIENT_WORD: usize = 255;
+
+/// Unicode format characters (bidirectional overrides, zero-width joiners, the BOM...) that
+/// would change how a header reads without changing what it says.
+fn is_format(c: char) -> bool {
+    matches!(c, '\u{ad}' | '\u{600}'..='\u{605}' | '\u{61c}' | '\u{6dd}' | '\u{70f}' | '\u{180e}'
+        | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}'
+        | '\u{fff9}'..='\u{fffb}' | '\u{e0001}' | '\u{e0020}'..='\u{e007f}')
+}
+
+fn cut_at_octets(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
 }
 
 /// `Mon, 23 Nov 2026 16:11:04 +0000` (RFC 5322 §3.3), in UTC.
@@ -235,6 +293,18 @@ mod tests {
         );
     }
 
+    #[test]
+    fn client_words_are_cut_in_octets_and_lose_format_characters() {
+        let long = "\u{1F600}".repeat(126);
+        assert_eq!(long.len(), 504);
+        let safe = header_safe(&long);
+        assert!(safe.len() <= MAX_CLIENT_WORD, "{}", safe.len());
+        assert_eq!(safe, "\u{1F600}".repeat(63));
+        assert_eq!(header_safe("evil\u{202e}txt.exe"), "evil?txt.exe");
+        assert_eq!(reply_safe("mx.\u{e9}xample\r\n"), "mx.?xample??");
+        assert_eq!(reply_safe(&"a".repeat(1000)).len(), MAX_CLIENT_WORD);
+    }
+
     #[tokio::test]
     async fn spills_to_disk_above_the_threshold_and_reads_back_in_order() {
         let dir = tempfile::tempdir().unwrap();
@@ -246,6 +316,7 @@ mod tests {
             expect.extend_from_slice(&chunk);
         }
         assert!(buf.is_spilled());
+        assert_eq!(&*buf.view().await.unwrap(), &expect[..], "the mapped file is the content");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "spill file is unlinked");
         for _ in 0..2 {
             let mut got = Vec::new();

@@ -29,7 +29,7 @@ impl Session {
             eight_bit_mime: caps.eight_bit_mime,
             smtputf8: caps.smtputf8,
         };
-        let mut lines = vec![format!("{hostname} greets {}", crate::message::header_safe(&name))];
+        let mut lines = vec![format!("{hostname} greets {}", crate::message::reply_safe(&name))];
         lines.push("PIPELINING".into());
         lines.push(format!("SIZE {}", self.advertised.size));
         if self.advertised.eight_bit_mime {

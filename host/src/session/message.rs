@@ -43,7 +43,7 @@ impl Session {
             return Answer::reply(self.relay(&mut out).await);
         }
         let phases = async {
-            let mut headers = read_headers(message).await?;
+            let mut headers = read_headers(message, self.ctx.config.limits.max_header_fields).await?;
             if let Some(auth) = &auth {
                 if auth.checks_enabled() {
                     self.authenticate(auth, txn, message).await?;
@@ -66,7 +66,9 @@ impl Session {
     /// DKIM, ARC and DMARC over the received message, kept in the transaction for plugins and
     /// for our `Authentication-Results:` header.
     async fn authenticate(&self, auth: &Auth, txn: &mut Transaction, message: &mut MessageBuffer) -> Phase<()> {
-        let raw = message.read_prefix(0, message.len() as usize).await.map_err(cannot_read)?;
+        // In place: the buffer in memory, or the spilled file mapped read-only, so verifying
+        // a large message adds no copy of it to the heap.
+        let raw = message.view().await.map_err(cannot_read)?;
         let helo = self.helo.as_ref().map_or("", |h| h.name.as_str());
         let earlier = EarlierChecks {
             client_ip: self.peer.ip(),
@@ -167,9 +169,12 @@ impl Session {
     }
 }
 
-async fn read_headers(message: &mut MessageBuffer) -> Phase<HeaderSection> {
+async fn read_headers(message: &mut MessageBuffer, max_fields: usize) -> Phase<HeaderSection> {
     let head = message.read_header_section(MAX_HEADER_SECTION).await.map_err(cannot_read)?;
-    Ok(HeaderSection::parse(&head))
+    HeaderSection::parse(&head, max_fields).map_err(|err| {
+        tracing::info!(error = %err, "message refused");
+        Answer::reply(replies::too_many_header_fields())
+    })
 }
 
 /// The message as it leaves: the quarantine note, our trace and authentication headers, the
@@ -190,32 +195,32 @@ fn assemble<'m>(state: &DataState, trace: &str, auth_header: &str, message: &'m 
     Outgoing::new(prefix, body, message)
 }
 
-/// Removes `Authentication-Results:` fields that claim our authserv-id: only we may write
-/// those (RFC 8601 §5).
+/// Removes `Authentication-Results:` fields that claim our authserv-id, in one pass: only we
+/// may write those (RFC 8601 §5).
 fn remove_forged_auth_results(headers: &mut HeaderSection, authserv_id: &str) {
-    while let Some(i) = headers.fields.iter().position(|f| {
+    let removed = headers.remove_where(|f| {
         f.name.eq_ignore_ascii_case("Authentication-Results")
             && f.value.split(';').next().is_some_and(|id| id.trim().eq_ignore_ascii_case(authserv_id))
-    }) {
-        tracing::info!(authserv_id, "removed an Authentication-Results header claiming our authserv-id");
-        headers.remove(i);
+    });
+    if removed > 0 {
+        tracing::info!(authserv_id, removed, "removed Authentication-Results fields claiming our authserv-id");
     }
 }
 
 /// Signs the outgoing message last, over exactly what leaves, so no edit can break the
-/// signature; the `DKIM-Signature:` header goes in front.
+/// signature; the `DKIM-Signature:` header goes in front. The message streams through the
+/// signer: only its header section is held in memory.
 async fn sign(auth: &Auth, out: &mut Outgoing<'_>) -> Phase<()> {
+    let Some(mut signing) = auth.signing() else { return Ok(()) };
     let signed = async {
-        let mut whole = Vec::with_capacity(out.len() as usize);
         out.rewind().await.map_err(|e| e.to_string())?;
         while let Some(chunk) = out.next_chunk().await.map_err(|e| e.to_string())? {
-            whole.extend_from_slice(chunk);
+            signing.write(chunk);
         }
-        auth.sign(&whole).transpose()
+        signing.finish().map_err(|e| e.to_string())
     };
     match signed.await {
-        Ok(None) => Ok(()),
-        Ok(Some(signature)) => {
+        Ok(signature) => {
             out.prepend(signature.as_bytes());
             Ok(())
         }

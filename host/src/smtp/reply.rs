@@ -196,7 +196,8 @@ impl Reply {
         if lines.is_empty() {
             lines.push(String::new());
         }
-        let enhanced = Some(found.unwrap_or_else(|| default_enhanced(class)));
+        // An intermediate reply (354) carries no enhanced status code (RFC 3463 knows 2, 4, 5).
+        let enhanced = (class != 3).then(|| found.unwrap_or_else(|| default_enhanced(class)));
         let mut reply = Self { code, enhanced, lines };
         let room = MAX_REPLY_LINE - 2 - reply.prefix_len();
         for line in &mut reply.lines {

@@ -18,7 +18,6 @@ use tokio::time::timeout;
 use super::{Capabilities, ClientInfo, Sender, Stage, UpstreamError};
 use crate::config::Config;
 use crate::message::{CHUNK, Outgoing};
-use crate::replies;
 use crate::smtp::command::Body;
 use crate::smtp::data::DotStuffer;
 use crate::smtp::{EnhancedCode, Mailbox, Reply};
@@ -94,6 +93,7 @@ impl SmtpTarget {
             xforward: false,
         };
         let greeting = conn.read_reply(Stage::Greeting, self.connect_timeout).await?;
+        conn.nothing_buffered(Stage::Greeting)?;
         if !greeting.is_positive() {
             return Err(UpstreamError::Refused { stage: Stage::Greeting, reply: greeting });
         }
@@ -110,12 +110,17 @@ impl SmtpTarget {
         Ok(conn)
     }
 
-    /// An idle connection from the pool, if one is fresh enough.
+    /// An idle connection from the pool, if one is fresh enough and the upstream has neither
+    /// closed it nor sent anything on it while it was idle.
     fn checkout(&self) -> Option<Connection> {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((conn, since)) = pool.pop() {
-            if since.elapsed() < self.pool_idle {
-                return Some(conn);
+        while let Some((mut conn, since)) = pool.pop() {
+            if since.elapsed() >= self.pool_idle {
+                continue;
+            }
+            match conn.check_quiet(Stage::Mail) {
+                Ok(()) => return Some(conn),
+                Err(err) => tracing::debug!(error = %err, "dropping a pooled upstream connection"),
             }
         }
         None
@@ -199,13 +204,41 @@ impl Connection {
         }
     }
 
+    /// Sends one command and reads its reply. The upstream must have been silent before it and
+    /// must send nothing after the reply: an upstream out of step is a protocol error, and the
+    /// connection is never used again.
     async fn command(&mut self, line: &str, stage: Stage, limit: Duration) -> Result<Reply, UpstreamError> {
         debug_assert!(!line.contains(['\r', '\n', '\0']));
+        self.check_quiet(stage)?;
         let mut wire = Vec::with_capacity(line.len() + 2);
         wire.extend_from_slice(line.as_bytes());
         wire.extend_from_slice(b"\r\n");
         self.write(&wire, stage, limit).await?;
-        self.read_reply(stage, limit).await
+        let reply = self.read_reply(stage, limit).await?;
+        self.nothing_buffered(stage)?;
+        Ok(reply)
+    }
+
+    /// Fails if bytes of a reply nobody asked for are already buffered.
+    fn nothing_buffered(&self, stage: Stage) -> Result<(), UpstreamError> {
+        if self.reader.buffer().is_empty() {
+            Ok(())
+        } else {
+            Err(UpstreamError::Protocol { stage, detail: "the upstream sent more than one reply".into() })
+        }
+    }
+
+    /// Fails if the upstream sent anything since its last reply, or closed the connection,
+    /// without waiting for it.
+    fn check_quiet(&mut self, stage: Stage) -> Result<(), UpstreamError> {
+        self.nothing_buffered(stage)?;
+        let mut probe = [0u8; 1];
+        match self.reader.get_ref().try_read(&mut probe) {
+            Ok(0) => Err(UpstreamError::Closed(stage)),
+            Ok(_) => Err(UpstreamError::Protocol { stage, detail: "the upstream sent data nobody asked for".into() }),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(source) => Err(UpstreamError::Io { stage, source }),
+        }
     }
 
     /// Reads one (possibly multiline) reply within `limit`.
@@ -231,6 +264,10 @@ impl Connection {
             if !(200..=599).contains(&this_code) && this_code != 354 {
                 return Err(protocol("reply code out of range"));
             }
+            // 354 answers DATA and nothing else; DATA is answered by 354 or a refusal.
+            if (this_code == 354) != (stage == Stage::Data) && !(stage == Stage::Data && this_code >= 400) {
+                return Err(protocol("reply code does not fit the command"));
+            }
             if *code.get_or_insert(this_code) != this_code {
                 return Err(protocol("reply lines carry different codes"));
             }
@@ -249,9 +286,6 @@ impl Connection {
             }
         }
         let code = code.expect("at least one line was read");
-        if code == 354 {
-            return Ok(Reply::multiline(354, None, texts));
-        }
         Ok(Reply::parse_upstream(code, &texts, default_enhanced(stage)))
     }
 
@@ -339,12 +373,15 @@ async fn mail_on(
     }
     // PIPELINING (RFC 2920): XFORWARD and MAIL in one write, then both replies in order.
     let wire = format!("{xforward}\r\n{line}\r\n");
+    conn.check_quiet(Stage::Mail)?;
     conn.write(wire.as_bytes(), Stage::Mail, limit).await?;
     let reply = conn.read_reply(Stage::Mail, limit).await?;
     if !reply.is_positive() {
         tracing::warn!(%reply, "upstream refused XFORWARD");
     }
-    conn.read_reply(Stage::Mail, limit).await
+    let reply = conn.read_reply(Stage::Mail, limit).await?;
+    conn.nothing_buffered(Stage::Mail)?;
+    Ok(reply)
 }
 
 /// `xtext` (RFC 3461 §4) for XFORWARD attribute values.
@@ -485,8 +522,7 @@ impl SmtpRelay {
             let go_ahead = self.closing(go_ahead);
             // A refused DATA leaves the MAIL/RCPT state upstream: reset it.
             self.rset().await;
-            let reply = if go_ahead.is_positive() { replies::upstream_protocol_error() } else { go_ahead };
-            return Ok(reply);
+            return Ok(go_ahead);
         }
         let result = match send_message(conn, message, data_timeout).await {
             Ok(()) => conn.read_reply(Stage::EndOfData, data_timeout).await,
@@ -533,6 +569,9 @@ impl SmtpRelay {
 /// Streams the dot-stuffed message, coalesced into large writes, final dot included in the last.
 async fn send_message(conn: &mut Connection, message: &mut Outgoing<'_>, limit: Duration) -> Result<(), UpstreamError> {
     let io_error = |source| UpstreamError::Io { stage: Stage::Data, source };
+    // The upstream said 354 and nothing else; anything it sends from here on is checked when
+    // its end-of-data reply is read.
+    conn.check_quiet(Stage::Data)?;
     let mut stuffer = DotStuffer::new();
     let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
     message.rewind().await.map_err(io_error)?;

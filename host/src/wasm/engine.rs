@@ -2,8 +2,8 @@
 //! WASI linker plugins are prepared against (compile or cache → `InstancePre`).
 //!
 //! Recipe, measured on this machine kind: epoch interruption with a 1 ms ticker; a 512 KiB wasm
-//! stack; the pooling allocator sized to plugin calls in flight (a semaphore in front, so an
-//! exhausted pool waits for a slot instead of failing); wasmtime's trimmed feature set (its
+//! stack; the pooling allocator sized to plugin calls in flight (each plugin's own semaphore in
+//! front, so a call waits for a slot of its plugin's share instead of failing); wasmtime's trimmed feature set (its
 //! defaults turn on the concurrent component-model machinery, which doubles the cost of a
 //! call). Plugins get only `wasi:io`, `wasi:cli`, `wasi:clocks` and `wasi:random`, with no
 //! environment, arguments, files or sockets; a plugin importing anything else fails to load.
@@ -14,7 +14,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::Semaphore;
 use wasmtime::component::{HasData, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi::cli::{WasiCli, WasiCliView};
@@ -39,7 +38,6 @@ pub const TICK: Duration = Duration::from_millis(1);
 pub struct PluginEngine {
     pub engine: Engine,
     linker: Linker<CallState>,
-    pub in_flight: Arc<Semaphore>,
     _ticker: Ticker,
 }
 
@@ -50,7 +48,8 @@ impl std::fmt::Debug for PluginEngine {
 }
 
 impl PluginEngine {
-    /// `max_in_flight` calls may run at once, each with up to `max_memory` bytes of memory.
+    /// `max_in_flight` calls may run at once (the plugins' shares together), each with up to
+    /// `max_memory` bytes of memory.
     pub fn new(max_in_flight: u32, max_memory: u64) -> anyhow::Result<Self> {
         let mut pool = PoolingAllocationConfig::default();
         // A wasm32-wasip2 Rust component uses several core instances (main module, adapters,
@@ -74,7 +73,7 @@ impl PluginEngine {
         Filter::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
             .map_err(|e| anyhow::anyhow!("{e:#}"))?;
         let ticker = Ticker::start(engine.clone());
-        Ok(Self { engine, linker, in_flight: Arc::new(Semaphore::new(max_in_flight as usize)), _ticker: ticker })
+        Ok(Self { engine, linker, _ticker: ticker })
     }
 
     /// Compiles (or loads from the cache) and links a plugin component.

@@ -44,14 +44,15 @@ pub async fn load(config: &Config) -> anyhow::Result<(Chain, Vec<LoadReport>)> {
         return Ok((Chain::empty(), Vec::new()));
     }
     let max_memory = config.plugins.iter().map(|p| p.limits.memory.bytes()).max().unwrap_or(32 << 20);
-    let engine = Arc::new(PluginEngine::new(config.sandbox.max_in_flight, max_memory)?);
+    let shares: Vec<u32> = config.plugins.iter().map(|p| concurrency(config, p)).collect();
+    let engine = Arc::new(PluginEngine::new(shares.iter().sum(), max_memory)?);
     let cache = CompileCache::open(config.sandbox.cache_dir.as_deref());
     let kv = Arc::new(KvStore::new());
     let mut plugins = Vec::new();
     let mut reports = Vec::new();
-    for pc in &config.plugins {
+    for (pc, share) in config.plugins.iter().zip(shares) {
         let started = Instant::now();
-        let (plugin, origin) = load_one(&engine, &cache, pc, &kv)
+        let (plugin, origin) = load_one(&engine, &cache, pc, share, &kv)
             .await
             .with_context(|| format!("plugin `{}` ({})", pc.name, pc.path.display()))?;
         let elapsed = started.elapsed();
@@ -68,15 +69,26 @@ pub async fn load(config: &Config) -> anyhow::Result<(Chain, Vec<LoadReport>)> {
     Ok((Chain::new(plugins, kv), reports))
 }
 
+/// A plugin's share of the instance pool: its own calls wait only for each other, so a slow
+/// plugin can make only itself busy.
+fn concurrency(config: &Config, plugin: &PluginConfig) -> u32 {
+    let fair = config.sandbox.max_in_flight / config.plugins.len().max(1) as u32;
+    plugin.limits.concurrency.unwrap_or(fair.max(MIN_CONCURRENCY))
+}
+
+/// The smallest default share of the instance pool.
+const MIN_CONCURRENCY: u32 = 4;
+
 async fn load_one(
     engine: &Arc<PluginEngine>,
     cache: &CompileCache,
     pc: &PluginConfig,
+    concurrency: u32,
     kv: &Arc<KvStore>,
 ) -> anyhow::Result<(Plugin, Origin)> {
     let wasm = std::fs::read(&pc.path).context("cannot read the plugin file")?;
     let (pre, origin) = engine.prepare(&wasm, cache)?;
-    let sandbox = WasmSandbox::new(engine.clone(), pre, pc.limits.memory.bytes() as usize);
+    let sandbox = WasmSandbox::new(engine.clone(), pre, pc.limits.memory.bytes() as usize, concurrency);
     let config_json = crate::filter::plugin_config_json(pc).context("plugin config is not representable as JSON")?;
     let host = HostContext::new(
         pc.name.as_str().into(),

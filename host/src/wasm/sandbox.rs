@@ -129,11 +129,13 @@ pub struct WasmSandbox {
     pre: v0_1::FilterPre<CallState>,
     /// The plugin's memory limit in octets.
     memory: usize,
+    /// This plugin's share of the engine's instance pool.
+    slots: tokio::sync::Semaphore,
 }
 
 impl WasmSandbox {
-    pub fn new(engine: Arc<PluginEngine>, pre: v0_1::FilterPre<CallState>, memory: usize) -> Self {
-        Self { engine, pre, memory }
+    pub fn new(engine: Arc<PluginEngine>, pre: v0_1::FilterPre<CallState>, memory: usize, slots: u32) -> Self {
+        Self { engine, pre, memory, slots: tokio::sync::Semaphore::new(slots as usize) }
     }
 
     /// Reads the plugin's manifest in a sandbox of its own.
@@ -148,7 +150,7 @@ impl WasmSandbox {
 
     /// A fresh Store for one call within `budget`, once a slot of the instance pool is free.
     async fn open(&self, host: HostContext, budget: Duration) -> Result<OpenSandbox<'_>, (Fault, HostContext)> {
-        let permit = match tokio::time::timeout(budget, self.engine.in_flight.acquire()).await {
+        let permit = match tokio::time::timeout(budget, self.slots.acquire()).await {
             Ok(Ok(permit)) => permit,
             _ => return Err((Fault::new(FaultKind::Busy, "no sandbox slot free"), host)),
         };

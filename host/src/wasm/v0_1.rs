@@ -127,7 +127,7 @@ fn envelope(e: &api::Envelope) -> wit::Envelope {
 
 fn message(m: &api::Message<'_>) -> wit::Message {
     let headers = m.headers.map_or_else(Vec::new, |h| {
-        h.fields.iter().map(|f| wit::Header { name: f.name.clone(), value: f.value.clone() }).collect()
+        h.iter().map(|f| wit::Header { name: f.name.clone(), value: f.value.clone() }).collect()
     });
     wit::Message { headers, body: m.body.map(<[u8]>::to_vec), body_truncated: m.body_truncated, size: m.size }
 }

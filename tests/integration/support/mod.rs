@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod dns;
+pub mod logs;
 pub mod recorder;
 pub mod sink;
 
@@ -14,6 +15,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use client::Client;
+pub use logs::Logs;
 pub use recorder::{Fault, Recorder, Script};
 pub use sink::SmtpSink;
 

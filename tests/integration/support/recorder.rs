@@ -20,6 +20,8 @@ pub enum Fault {
     Hang,
     /// Close the connection without answering.
     Close,
+    /// Answer with this reply line after a while (on the test's clock, paused or not).
+    After(std::time::Duration, &'static str),
 }
 
 /// The upstream's behaviour. Recipients whose local part starts with `unknown` always get
@@ -240,6 +242,10 @@ async fn respond(stream: &mut TcpStream, fault: Option<&Fault>, normal: &str) ->
         None => stream.write_all(format!("{normal}\r\n").as_bytes()).await.map(|_| true),
         Some(Fault::Reply(line)) => stream.write_all(format!("{line}\r\n").as_bytes()).await.map(|_| true),
         Some(Fault::Close) => Ok(false),
+        Some(Fault::After(delay, line)) => {
+            tokio::time::sleep(*delay).await;
+            stream.write_all(format!("{line}\r\n").as_bytes()).await.map(|_| true)
+        }
         Some(Fault::Hang) => {
             // Hold the connection open and silent until the proxy gives up on it.
             let mut sink = [0u8; 1024];
