@@ -323,3 +323,91 @@ async fn iprev_passes_only_when_the_ptr_name_resolves_back() {
     assert!(seen(&msgs[0]).contains("iprev=pass(localhost)") && seen(&msgs[0]).contains("client-name=localhost"));
     assert!(seen(&msgs[1]).contains("iprev=fail(localhost)") && !seen(&msgs[1]).contains("client-name="));
 }
+
+/// Anonymous memory (heap) of a process, in KiB.
+fn rss_anon_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("RssAnon:")).expect("RssAnon in /proc status");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verifying_large_messages_keeps_the_heap_bounded() {
+    const MESSAGES: usize = 20;
+    const SIZE: usize = 40 << 20;
+    let dns = TestDns::start().await;
+    let sink = SmtpSink::discarding().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("wasmtp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"proxy.test\"\nspool_dir = {spool:?}\n\
+             [upstream]\nurl = \"{}\"\n[auth]\nenabled = true\nnameservers = [\"{}\"]\n[log]\nlevel = \"warn\"\n",
+            sink.url(),
+            dns.addr,
+            spool = dir.path().display().to_string(),
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wasmtp"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "wasmtp did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // One DKIM-signed 40 MiB message, so every session verifies a body hash over all of it.
+    let mut body = String::with_capacity(SIZE);
+    while body.len() < SIZE {
+        body.push_str("a line of a large attachment, base64 or not, it does not matter here....\r\n");
+    }
+    let message =
+        sign_rsa(&format!("{}{body}", plain("a@example.org", "large")), "example.org", Canonicalization::Relaxed);
+    let wire = std::sync::Arc::new(stuff(message.as_bytes()));
+    let baseline = rss_anon_kib(pid);
+    let sessions: Vec<_> = (0..MESSAGES)
+        .map(|_| {
+            let wire = wire.clone();
+            tokio::spawn(async move {
+                let mut c = Client::connect(addr).await;
+                c.greet().await;
+                let r = c.send_mail("a@example.org", &["rcpt@example.net"], &wire).await;
+                c.cmd("QUIT", 221).await;
+                r.code
+            })
+        })
+        .collect();
+    let mut peak = baseline;
+    let mut done = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for session in sessions {
+        let mut session = session;
+        loop {
+            peak = peak.max(rss_anon_kib(pid));
+            match tokio::time::timeout(Duration::from_millis(20), &mut session).await {
+                Ok(code) => {
+                    done.push(code.unwrap());
+                    break;
+                }
+                Err(_) => assert!(Instant::now() < deadline, "sessions did not finish"),
+            }
+        }
+    }
+    assert_eq!(done, vec![250; MESSAGES]);
+    let grown_mib = (peak.saturating_sub(baseline)) as f64 / 1024.0;
+    println!("heap grew by {grown_mib:.1} MiB for {MESSAGES} concurrent verifications of 40 MiB messages");
+    // The documented bound: per message in flight, `limits.memory_buffer` (1 MiB) plus the
+    // header section and I/O buffers; a copy of each message would be 800 MiB here.
+    assert!(grown_mib < (MESSAGES * 4) as f64, "heap grew by {grown_mib:.1} MiB");
+    child.kill().await.unwrap();
+}

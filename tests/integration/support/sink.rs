@@ -1,4 +1,5 @@
-//! Postfix's `smtp-sink` as a real upstream, dumping every message to a file.
+//! Postfix's `smtp-sink` as a real upstream, dumping every message to a file (or, for the
+//! memory tests, throwing them away).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -14,6 +15,15 @@ pub struct SmtpSink {
 
 impl SmtpSink {
     pub async fn start() -> Self {
+        Self::spawn(true).await
+    }
+
+    /// A sink that keeps no messages.
+    pub async fn discarding() -> Self {
+        Self::spawn(false).await
+    }
+
+    async fn spawn(dump: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
         let port = free_port();
@@ -23,7 +33,10 @@ impl SmtpSink {
             cmd.args(["-u", "nobody"]);
         }
         let template = format!("{}/msg.", dir.path().display());
-        cmd.args(["-d", &template, &format!("127.0.0.1:{port}"), "128"]).stdout(Stdio::null()).stderr(Stdio::null());
+        if dump {
+            cmd.args(["-d", &template]);
+        }
+        cmd.args([&format!("127.0.0.1:{port}"), "128"]).stdout(Stdio::null()).stderr(Stdio::null());
         let child = cmd.spawn().expect("smtp-sink runs (the Debian package `postfix`; scripts/setup installs it)");
         let deadline = std::time::Instant::now() + WAIT;
         while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
