@@ -123,7 +123,12 @@ async fn a_header_section_of_80000_fields_is_refused_in_bounded_time() {
 async fn oversized_answers_are_faults_within_the_budget() {
     let logs = Logs::global();
     let up = Recorder::start(Script::default()).await;
-    let mut edits = hostile("edit-flood", "many-edits", "data", Duration::from_secs(1));
+    let mut edits = plugin(
+        "edit-flood",
+        wasm::HOSTILE,
+        json!({"behaviour": "many-edits", "stages": ["data"], "edits": ["insert-header"]}),
+    );
+    edits.limits.data_time = Duration::from_secs(1);
     edits.limits.memory = wasmtp::config::ByteSize(64 << 20);
     let lines = hostile("line-flood", "many-lines", "mail", Duration::from_millis(500));
     let proxy = TestProxy::start_with(with_plugins(vec![edits, lines]), &up.url()).await;
