@@ -3,11 +3,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{Config, LogFormat, UpstreamUrl};
+use crate::config::{Config, ListenerMode, LogFormat, UpstreamUrl};
 
 #[derive(Debug, Parser)]
 #[command(name = "wasmtp", version, about = "A WebAssembly SMTP filtering proxy")]
@@ -49,7 +48,9 @@ pub fn main() -> anyhow::Result<()> {
                 None => Config::default(),
             };
             if let Some(listen) = listen {
-                config.server.listen = listen;
+                // One smtp listener instead of the configured ones.
+                config.listeners.clear();
+                config.server.listen = Some(listen);
             }
             if let Some(upstream) = upstream {
                 config.upstream.url = Some(upstream);
@@ -60,9 +61,24 @@ pub fn main() -> anyhow::Result<()> {
         Commands::CheckConfig { file, no_plugins } => {
             let config = Config::load(&file)?;
             let upstream_note = if config.upstream.url.is_none() { " (default)" } else { "" };
-            println!("{}: ok", file.display());
-            println!("  listen:   {}", config.server.listen);
-            println!("  upstream: {}{upstream_note}", config.upstream_url());
+            println!("{}:", file.display());
+            for listener in config.listeners() {
+                let what = match listener.mode {
+                    ListenerMode::Smtp => "STARTTLS offered",
+                    ListenerMode::Submission => "STARTTLS, then AUTH before MAIL",
+                    ListenerMode::Submissions => "implicit TLS, AUTH before MAIL",
+                };
+                let plugins =
+                    listener.plugins.as_ref().map(|p| format!("; plugins {}", p.join(","))).unwrap_or_default();
+                println!("  listener: {} {} ({what}{plugins})", listener.address, listener.mode.name());
+            }
+            let tls = crate::tls::ServerTls::from_config(&config.tls, &config.hostname())?;
+            if tls.is_self_signed() {
+                println!("  tls:      self-signed certificate generated at start (opportunistic STARTTLS)");
+            } else {
+                println!("  tls:      {}", tls.describe().join(", "));
+            }
+            println!("  upstream: {}{upstream_note} (tls {:?})", config.upstream_url(), config.upstream.tls);
             println!("  hostname: {}", config.hostname());
             if let Some(auth) = crate::auth::Auth::from_config(&config.auth, &config.hostname())? {
                 let signing = config.auth.sign.as_ref().map(|s| format!(", signing as {}/{}", s.domain, s.selector));
@@ -73,20 +89,20 @@ pub fn main() -> anyhow::Result<()> {
                     signing.unwrap_or_default()
                 );
             }
-            if no_plugins || config.plugins.is_empty() {
-                return Ok(());
+            if !no_plugins && !config.plugins.is_empty() {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                let (chain, reports) = runtime.block_on(crate::wasm::load(&config))?;
+                for (report, plugin) in reports.iter().zip(chain.plugins()) {
+                    println!(
+                        "  plugin {}: {} ({:?}, {:.1} ms)",
+                        report.name,
+                        plugin.manifest,
+                        report.origin,
+                        report.elapsed.as_secs_f64() * 1000.0
+                    );
+                }
             }
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let (chain, reports) = runtime.block_on(crate::wasm::load(&config))?;
-            for (report, plugin) in reports.iter().zip(chain.plugins()) {
-                println!(
-                    "  plugin {}: {} ({:?}, {:.1} ms)",
-                    report.name,
-                    plugin.manifest,
-                    report.origin,
-                    report.elapsed.as_secs_f64() * 1000.0
-                );
-            }
+            println!("ok");
             Ok(())
         }
     }
@@ -105,9 +121,8 @@ fn init_logging(config: &Config) {
 fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let listener = crate::server::bind(config.server.listen)
-            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-        crate::server::run(listener, config, shutdown_signal()).await
+        let listeners = crate::server::bind_all(&config)?;
+        crate::server::run_listeners(listeners, config, shutdown_signal()).await
     })
 }
 

@@ -24,16 +24,116 @@ pub struct Config {
     pub log: LogConfig,
     pub sandbox: SandboxConfig,
     pub auth: AuthConfig,
+    pub tls: TlsConfig,
+    /// Where to listen; without any, one `smtp` listener on `server.listen`.
+    pub listeners: Vec<ListenerConfig>,
     /// Filter plugins, run in this order at every stage they declare.
     pub plugins: Vec<PluginConfig>,
+}
+
+/// One `[[listeners]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// `ip:port`; IPv6 as `[::]:25`.
+    pub address: SocketAddr,
+    #[serde(default)]
+    pub mode: ListenerMode,
+    /// Concurrent connections on this listener (within `server.max_connections`).
+    pub max_connections: Option<usize>,
+    /// The `[[plugins]]` (by name) sessions on this listener run, in configuration order; all
+    /// of them when unset.
+    pub plugins: Option<Vec<String>>,
+    /// On a `submission` listener, offer AUTH without TLS to clients on loopback addresses
+    /// (for a local webmail, say); never to other clients.
+    #[serde(default)]
+    pub allow_plaintext_auth: bool,
+}
+
+impl ListenerConfig {
+    /// An `smtp` listener with every setting at its default.
+    pub fn smtp(address: SocketAddr) -> Self {
+        Self { address, mode: ListenerMode::Smtp, max_connections: None, plugins: None, allow_plaintext_auth: false }
+    }
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerMode {
+    /// Mail exchange (port 25): STARTTLS offered, no AUTH.
+    #[default]
+    Smtp,
+    /// Message submission (port 587, RFC 6409): STARTTLS, then AUTH, required before MAIL.
+    Submission,
+    /// Submission over implicit TLS (port 465, RFC 8314): TLS from the first byte.
+    Submissions,
+}
+
+impl ListenerMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerMode::Smtp => "smtp",
+            ListenerMode::Submission => "submission",
+            ListenerMode::Submissions => "submissions",
+        }
+    }
+
+    /// Clients must authenticate before MAIL.
+    pub fn submission(self) -> bool {
+        self != ListenerMode::Smtp
+    }
+}
+
+/// `[tls]`: the server certificates of every listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Certificate chains with their keys (PEM). The first one a client's SNI name is valid
+    /// for is used, else the first one. None: `smtp` listeners use a self-signed certificate
+    /// generated at start; submission listeners refuse to start.
+    pub certificates: Vec<CertificateConfig>,
+    /// The TLS handshake after STARTTLS or on an implicit-TLS connection.
+    #[serde(with = "duration")]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self { certificates: Vec::new(), handshake_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// One certificate chain and its private key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// The chain: the server's certificate first, then intermediates.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// STARTTLS to the upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamTls {
+    /// STARTTLS when the upstream offers it, without verifying its certificate (unless a CA
+    /// file is given); plaintext otherwise.
+    #[default]
+    Opportunistic,
+    /// STARTTLS with a verified certificate, or no relay at all (`4xx` to the client).
+    Required,
+    /// Never.
+    Off,
 }
 
 /// `[server]`: where and how the proxy listens.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Address to listen on.
-    pub listen: SocketAddr,
+    /// Address of the one `smtp` listener when no `[[listeners]]` are configured
+    /// (`127.0.0.1:2525` when unset); setting both is an error.
+    pub listen: Option<SocketAddr>,
     /// Name used in the greeting, EHLO reply and `Received:` header; the system hostname when
     /// unset.
     pub hostname: Option<String>,
@@ -54,7 +154,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 2525)),
+            listen: None,
             hostname: None,
             max_connections: 1000,
             max_connections_per_ip: 50,
@@ -83,6 +183,8 @@ pub struct Limits {
     /// Header fields a message may have when plugins or authentication read its header
     /// section; more get `552 5.3.4` after the end of data.
     pub max_header_fields: usize,
+    /// Failed AUTH attempts per session before `421 4.7.0` and close.
+    pub max_auth_failures: u32,
 }
 
 impl Default for Limits {
@@ -94,6 +196,7 @@ impl Default for Limits {
             max_line_length: 64 << 10,
             memory_buffer: ByteSize(1 << 20),
             max_header_fields: 1000,
+            max_auth_failures: 3,
         }
     }
 }
@@ -144,6 +247,13 @@ pub struct UpstreamConfig {
     /// upstream's own idle timeout (Postfix: 300s).
     #[serde(with = "duration")]
     pub pool_idle: Duration,
+    /// STARTTLS to the upstream: `opportunistic` (default), `required` or `off`.
+    pub tls: UpstreamTls,
+    /// CA certificates (PEM) the upstream's certificate is verified against; the system's
+    /// roots when unset (under `required`).
+    pub tls_ca_file: Option<PathBuf>,
+    /// The name the upstream's certificate must be valid for; the upstream's host when unset.
+    pub tls_server_name: Option<String>,
 }
 
 impl Default for UpstreamConfig {
@@ -156,6 +266,9 @@ impl Default for UpstreamConfig {
             data_timeout: Duration::from_secs(300),
             pool_size: 100,
             pool_idle: Duration::from_secs(30),
+            tls: UpstreamTls::default(),
+            tls_ca_file: None,
+            tls_server_name: None,
         }
     }
 }
@@ -569,6 +682,25 @@ impl Config {
         let positive =
             |name: &str, ok: bool| if ok { Ok(()) } else { Err(format!("field `{name}`: must be greater than zero")) };
         positive("server.max_connections", self.server.max_connections > 0)?;
+        if self.server.listen.is_some() && !self.listeners.is_empty() {
+            return Err("field `server.listen`: set it or `[[listeners]]`, not both".into());
+        }
+        let mut addresses = std::collections::HashSet::new();
+        for (i, listener) in self.listeners.iter().enumerate() {
+            if !addresses.insert(listener.address) {
+                return Err(format!("field `listeners[{i}].address`: {} is used twice", listener.address));
+            }
+            positive(&format!("listeners[{i}].max_connections"), listener.max_connections != Some(0))?;
+            for name in listener.plugins.iter().flatten() {
+                if !self.plugins.iter().any(|p| p.name == *name) {
+                    return Err(format!("field `listeners[{i}].plugins`: there is no plugin named `{name}`"));
+                }
+            }
+            if listener.allow_plaintext_auth && listener.mode != ListenerMode::Submission {
+                return Err(format!("field `listeners[{i}].allow_plaintext_auth`: only for `submission` listeners"));
+            }
+        }
+        positive("limits.max_auth_failures", self.limits.max_auth_failures > 0)?;
         positive("server.max_connections_per_ip", self.server.max_connections_per_ip > 0)?;
         positive("limits.max_message_size", self.limits.max_message_size.0 > 0)?;
         positive("limits.max_recipients", self.limits.max_recipients > 0)?;
@@ -607,6 +739,16 @@ impl Config {
         Ok(())
     }
 
+    /// The listeners to open: the configured ones, or one `smtp` listener on `server.listen`.
+    pub fn listeners(&self) -> Vec<ListenerConfig> {
+        if self.listeners.is_empty() {
+            let address = self.server.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 2525)));
+            vec![ListenerConfig::smtp(address)]
+        } else {
+            self.listeners.clone()
+        }
+    }
+
     /// The upstream to use: the configured one or the embedded Maildir default.
     pub fn upstream_url(&self) -> UpstreamUrl {
         self.upstream.url.clone().unwrap_or_else(UpstreamUrl::default_maildir)
@@ -629,7 +771,8 @@ mod tests {
     #[test]
     fn empty_file_gives_defaults() {
         let c = Config::parse("").unwrap();
-        assert_eq!(c.server.listen.port(), 2525);
+        assert_eq!(c.listeners()[0].address.port(), 2525);
+        assert_eq!(c.listeners()[0].mode, ListenerMode::Smtp);
         assert_eq!(c.upstream_url(), UpstreamUrl::Maildir("./mail-out".into()));
         assert_eq!(c.timeouts.idle, Duration::from_secs(300));
     }
@@ -664,8 +807,35 @@ mod tests {
     }
 
     #[test]
+    fn listeners() {
+        let c = Config::parse(
+            "[[plugins]]\nname = \"a\"\npath = \"a.wasm\"\n\
+             [[listeners]]\naddress = \"0.0.0.0:25\"\n\
+             [[listeners]]\naddress = \"[::]:587\"\nmode = \"submission\"\nplugins = [\"a\"]\nallow_plaintext_auth = true\n\
+             [[listeners]]\naddress = \"[::]:465\"\nmode = \"submissions\"\nmax_connections = 10\n",
+        )
+        .unwrap();
+        let modes: Vec<_> = c.listeners().iter().map(|l| (l.address.port(), l.mode)).collect();
+        assert_eq!(
+            modes,
+            [(25, ListenerMode::Smtp), (587, ListenerMode::Submission), (465, ListenerMode::Submissions)]
+        );
+        let e = Config::parse("[server]\nlisten = \"127.0.0.1:25\"\n[[listeners]]\naddress = \"127.0.0.1:26\"\n")
+            .unwrap_err();
+        assert!(e.contains("not both"), "{e}");
+        let e = Config::parse("[[listeners]]\naddress = \"127.0.0.1:26\"\nplugins = [\"nope\"]\n").unwrap_err();
+        assert!(e.contains("no plugin named `nope`"), "{e}");
+        let e = Config::parse("[[listeners]]\naddress = \"127.0.0.1:26\"\nallow_plaintext_auth = true\n").unwrap_err();
+        assert!(e.contains("only for `submission`"), "{e}");
+        let e = Config::parse("[[listeners]]\naddress = \"127.0.0.1:26\"\nmode = \"lmtp\"\n").unwrap_err();
+        assert!(e.contains("listeners[0].mode"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_field_and_what_was_expected() {
         let e = Config::parse("[server]\nlisten = \"127.0.0.1:2525\"\nlisten_addr = 1\n").unwrap_err();
+        let e2 = Config::parse("[tls]\ncertificates = [{ cert = \"a.pem\" }]\n").unwrap_err();
+        assert!(e2.contains("tls.certificates") && e2.contains("key"), "{e2}");
         assert!(e.contains("listen_addr") && e.contains("expected one of"), "{e}");
         let e = Config::parse("[limits]\nmax_message_size = \"ten\"\n").unwrap_err();
         assert!(e.contains("limits.max_message_size") && e.contains("line 2"), "{e}");

@@ -12,6 +12,7 @@
 //!   validation, host services — behind a `Sandbox` trait;
 //! - [`upstream`]: the lockstep SMTP relay and the embedded Maildir delivery;
 //! - [`auth`]: SPF, DKIM, DMARC, ARC and iprev with mail-auth, and DKIM signing;
+//! - [`tls`]: rustls for STARTTLS and implicit TLS, server and upstream side;
 //! - [`message`]: message buffering (memory, then disk), header sections, the `Received:` header;
 //! - [`replies`]: every reply the proxy writes itself;
 //! - [`smtp`]: the pure wire codec (command parsing, data receiving, replies);
@@ -27,6 +28,7 @@ pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod smtp;
+pub mod tls;
 pub mod upstream;
 pub mod wasm;
 
@@ -36,8 +38,8 @@ pub use config::Config;
 #[cfg(test)]
 mod layering {
     const LAYERS: &[&str] = &[
-        "cli", "server", "session", "wasm", "filter", "upstream", "auth", "message", "replies", "config", "shutdown",
-        "smtp",
+        "cli", "server", "session", "wasm", "filter", "upstream", "auth", "tls", "message", "replies", "config",
+        "shutdown", "smtp",
     ];
 
     fn sources(path: &std::path::Path, out: &mut Vec<(std::path::PathBuf, String)>) {

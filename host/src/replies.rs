@@ -197,6 +197,52 @@ pub fn local_delivery_failed() -> Reply {
     r(451, (4, 3, 0), "Local delivery failed, try again later")
 }
 
+pub fn upstream_tls_failed() -> Reply {
+    r(451, (4, 7, 0), "Upstream TLS unavailable, try again later")
+}
+
+// TLS and AUTH.
+
+pub fn ready_to_start_tls() -> Reply {
+    r(220, (2, 0, 0), "Ready to start TLS")
+}
+
+pub fn tls_already_active() -> Reply {
+    r(503, (5, 5, 1), "TLS already active")
+}
+
+pub fn tls_not_available() -> Reply {
+    r(454, (4, 7, 0), "TLS not available due to temporary reason")
+}
+
+pub fn authenticated() -> Reply {
+    r(235, (2, 7, 0), "Authentication successful")
+}
+
+pub fn authentication_required() -> Reply {
+    r(530, (5, 7, 0), "Authentication required")
+}
+
+pub fn encryption_required() -> Reply {
+    r(538, (5, 7, 11), "Encryption required for requested authentication mechanism")
+}
+
+pub fn auth_mechanism_unknown() -> Reply {
+    r(504, (5, 5, 4), "Unrecognized authentication type")
+}
+
+pub fn auth_cancelled() -> Reply {
+    r(501, (5, 5, 4), "Authentication cancelled")
+}
+
+pub fn auth_temporary_failure() -> Reply {
+    r(454, (4, 7, 0), "Temporary authentication failure")
+}
+
+pub fn too_many_auth_failures(hostname: &str) -> Reply {
+    r(421, (4, 7, 0), format!("{hostname} Too many authentication failures, closing connection"))
+}
+
 // A plugin failed and its `on_error` policy decides. At connect the reply is a greeting: 421
 // closes, 554 refuses the session.
 
@@ -253,6 +299,17 @@ mod tests {
             upstream_lost(),
             upstream_protocol_error(),
             local_delivery_failed(),
+            upstream_tls_failed(),
+            ready_to_start_tls(),
+            tls_already_active(),
+            tls_not_available(),
+            authenticated(),
+            authentication_required(),
+            encryption_required(),
+            auth_mechanism_unknown(),
+            auth_cancelled(),
+            auth_temporary_failure(),
+            too_many_auth_failures(host),
             filter_tempfail(true),
             filter_tempfail(false),
             filter_reject(true),

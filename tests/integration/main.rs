@@ -12,6 +12,8 @@ mod happy_path;
 mod lifecycle;
 mod limits;
 mod plugins;
+mod postfix;
 mod sandbox;
 mod smuggling;
+mod tls;
 mod upstream_faults;

@@ -154,6 +154,8 @@ pub struct TlsInfo {
     pub version: String,
     /// e.g. "TLS13_AES_256_GCM_SHA384".
     pub cipher: String,
+    /// The server name the client asked for (SNI).
+    pub sni: Option<String>,
 }
 
 /// Facts about the client connection, as known at the current stage.

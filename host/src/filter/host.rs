@@ -86,7 +86,7 @@ impl LogBudget {
 }
 
 /// Notes plugins keep in the host for one scope (a session or a transaction), per plugin.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Notes {
     by_plugin: HashMap<Arc<str>, HashMap<String, String>>,
 }

@@ -120,13 +120,20 @@ pub fn plugin_config_json(config: &PluginConfig) -> Result<String, serde_json::E
 /// The configured plugins in order, and the host state they share; one per process.
 #[derive(Debug, Default)]
 pub struct Chain {
-    plugins: Vec<Plugin>,
+    plugins: Vec<Arc<Plugin>>,
     kv: Arc<KvStore>,
 }
 
 impl Chain {
     pub fn new(plugins: Vec<Plugin>, kv: Arc<KvStore>) -> Self {
-        Self { plugins, kv }
+        Self { plugins: plugins.into_iter().map(Arc::new).collect(), kv }
+    }
+
+    /// The plugins named in `names`, in chain order, sharing their state (breakers, the store)
+    /// with this chain: a listener's own plugin set.
+    pub fn subset(&self, names: &[String]) -> Self {
+        let plugins = self.plugins.iter().filter(|p| names.iter().any(|n| **n == *p.name)).cloned().collect();
+        Self { plugins, kv: self.kv.clone() }
     }
 
     /// No plugins: every stage continues.
@@ -139,8 +146,8 @@ impl Chain {
     }
 
     /// The plugins in chain order.
-    pub fn plugins(&self) -> &[Plugin] {
-        &self.plugins
+    pub fn plugins(&self) -> impl Iterator<Item = &Plugin> {
+        self.plugins.iter().map(|p| &**p)
     }
 
     /// Some plugin is called at `stage`.

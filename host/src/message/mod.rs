@@ -192,8 +192,10 @@ pub struct TraceInfo<'a> {
     pub helo: &'a str,
     pub client_ip: IpAddr,
     pub hostname: &'a str,
-    /// `SMTP`, `ESMTP` or `UTF8SMTP` (RFC 3848, RFC 6531).
+    /// `SMTP`, `ESMTP`, `ESMTPS`, `ESMTPSA`, `UTF8SMTPS`... (RFC 3848, RFC 6531).
     pub protocol: &'a str,
+    /// The TLS session in words, e.g. `using TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256`.
+    pub tls: Option<&'a str>,
     pub id: &'a str,
     /// Named only when there is exactly one recipient, so a copy does not disclose the others.
     pub single_recipient: Option<&'a str>,
@@ -213,6 +215,9 @@ pub fn received_header(t: &TraceInfo<'_>) -> String {
         t.protocol,
         t.id
     );
+    if let Some(tls) = t.tls {
+        h.push_str(&format!("\r\n\t({tls})"));
+    }
     if let Some(rcpt) = t.single_recipient {
         h.push_str(&format!("\r\n\tfor <{}>", header_safe(rcpt)));
     }
@@ -282,6 +287,7 @@ mod tests {
             client_ip: "192.0.2.1".parse().unwrap(),
             hostname: "mx.example",
             protocol: "ESMTP",
+            tls: None,
             id: "ABC",
             single_recipient: Some("a@b.example"),
             time: UNIX_EPOCH,

@@ -105,11 +105,16 @@ impl Session {
 
     fn trace_header(&self, txn: &Transaction) -> String {
         let helo = self.helo.as_ref().expect("MAIL needs HELO");
-        let protocol = match (helo.esmtp, txn.mail.smtputf8) {
+        // RFC 3848 and RFC 6531: S for TLS, A for an authenticated client.
+        let base = match (helo.esmtp, txn.mail.smtputf8) {
             (_, true) => "UTF8SMTP",
             (true, false) => "ESMTP",
             (false, false) => "SMTP",
         };
+        let secured = if self.tls.is_some() { "S" } else { "" };
+        let authenticated = if self.authenticated_as.is_some() { "A" } else { "" };
+        let protocol = if base == "SMTP" { base.to_string() } else { format!("{base}{secured}{authenticated}") };
+        let tls = self.tls.as_ref().map(|t| format!("using {} with cipher {}", t.version, t.cipher));
         let id = format!("{}.{}", self.id, self.transactions + 1);
         let single = match txn.recipients.as_slice() {
             [only] => Some(only.as_str()),
@@ -119,7 +124,8 @@ impl Session {
             helo: &helo.name,
             client_ip: self.peer.ip(),
             hostname: &self.ctx.hostname,
-            protocol,
+            protocol: &protocol,
+            tls: tls.as_deref(),
             id: &id,
             single_recipient: single,
             time: SystemTime::now(),

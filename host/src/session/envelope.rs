@@ -36,7 +36,7 @@ impl Session {
         txn: &mut Transaction,
         state: &mut S,
     ) -> Outcome {
-        let chain = self.ctx.chain.clone();
+        let chain = self.listener.chain.clone();
         if !chain.wants(S::STAGE) {
             return Outcome::Continue;
         }
@@ -50,6 +50,9 @@ impl Session {
         };
         if self.transaction.is_some() {
             return self.error(replies::bad_sequence("Nested MAIL command"));
+        }
+        if self.listener.mode.submission() && self.authenticated_as.is_none() {
+            return self.error(replies::authentication_required());
         }
         let has_params = mail.size.is_some() || mail.body.is_some() || mail.smtputf8 || !mail.unknown.is_empty();
         if has_params && !helo.esmtp {

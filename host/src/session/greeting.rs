@@ -38,6 +38,15 @@ impl Session {
         if self.advertised.smtputf8 {
             lines.push("SMTPUTF8".into());
         }
+        if self.offers_starttls() {
+            lines.push("STARTTLS".into());
+        }
+        if self.offers_auth() {
+            let mechanisms = caps.auth_mechanisms();
+            if !mechanisms.is_empty() {
+                lines.push(format!("AUTH {mechanisms}"));
+            }
+        }
         lines.push("ENHANCEDSTATUSCODES".into());
         self.reply(Reply::multiline(250, None, lines));
         self.helo = Some(Helo { name, esmtp });

@@ -38,7 +38,7 @@ impl Session {
         trace: String,
     ) -> Answer {
         let auth = self.ctx.auth.clone();
-        if !self.ctx.chain.wants(Stage::Data) && auth.is_none() {
+        if !self.listener.chain.wants(Stage::Data) && auth.is_none() {
             let mut out = Outgoing::unchanged(trace.into_bytes(), message);
             return Answer::reply(self.relay(&mut out).await);
         }
@@ -91,7 +91,8 @@ impl Session {
     ) -> Phase<DataState> {
         let body_offset = headers.body_offset;
         let body_len = message.len().saturating_sub(body_offset);
-        let seen = message.read_prefix(body_offset, self.ctx.chain.max_body_needed()).await.map_err(cannot_read)?;
+        let seen =
+            message.read_prefix(body_offset, self.listener.chain.max_body_needed()).await.map_err(cannot_read)?;
         let mut state = DataState::new(
             txn.mail.sender.clone(),
             txn.recipients.clone(),

@@ -13,6 +13,8 @@ mod greeting;
 mod io;
 mod message;
 mod misc;
+mod submission;
+mod tls;
 mod transaction;
 
 use std::net::SocketAddr;
@@ -24,8 +26,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::net::TcpStream;
 
 use crate::auth::{Auth, AuthResults, Iprev, Spf};
-use crate::config::Config;
-use crate::filter::api::Connection;
+use crate::config::{Config, ListenerMode};
+use crate::filter::api::{Connection, TlsInfo};
 use crate::filter::host::{NoteScopes, Notes};
 use crate::filter::stages::{ConnectState, StageState};
 use crate::filter::{Chain, Outcome};
@@ -34,6 +36,7 @@ use crate::shutdown::ShutdownSignal;
 use crate::smtp::Reply;
 use crate::smtp::command::{self, Command};
 use crate::smtp::line::{Line, LineReader};
+use crate::tls::{Negotiated, ServerTls};
 use crate::upstream::maildir::Maildir;
 use crate::upstream::{ClientInfo, Upstream, UpstreamTarget};
 use io::{ClientIo, ReadOutcome};
@@ -52,7 +55,20 @@ pub struct SessionContext {
     pub quarantine: Option<Arc<Maildir>>,
     /// Sender authentication (present when `[auth]` is enabled or signing is configured).
     pub auth: Option<Arc<Auth>>,
+    /// The server side of TLS, for STARTTLS and implicit-TLS listeners.
+    pub tls: Option<Arc<ServerTls>>,
     ids: AtomicU64,
+}
+
+/// What a listener's sessions need to know about it.
+#[derive(Debug)]
+pub struct ListenerContext {
+    pub address: SocketAddr,
+    pub mode: ListenerMode,
+    /// The plugins this listener runs.
+    pub chain: Arc<Chain>,
+    /// AUTH without TLS for clients on loopback addresses (submission only).
+    pub allow_plaintext_auth: bool,
 }
 
 impl SessionContext {
@@ -63,12 +79,24 @@ impl SessionContext {
         chain: Arc<Chain>,
         quarantine: Option<Arc<Maildir>>,
         auth: Option<Arc<Auth>>,
+        tls: Option<Arc<ServerTls>>,
     ) -> Self {
         let hostname = config.hostname();
         let spool_dir = config.server.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
         // Session ids start from the clock so they do not repeat across restarts.
         let start = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) << 20;
-        Self { config, hostname, upstream, spool_dir, shutdown, chain, quarantine, auth, ids: AtomicU64::new(start) }
+        Self {
+            config,
+            hostname,
+            upstream,
+            spool_dir,
+            shutdown,
+            chain,
+            quarantine,
+            auth,
+            tls,
+            ids: AtomicU64::new(start),
+        }
     }
 
     fn next_id(&self) -> Arc<str> {
@@ -109,6 +137,7 @@ enum Input {
 
 pub struct Session {
     ctx: Arc<SessionContext>,
+    listener: Arc<ListenerContext>,
     io: ClientIo,
     lines: LineReader,
     peer: SocketAddr,
@@ -128,16 +157,24 @@ pub struct Session {
     iprev: Option<Iprev>,
     /// SPF for the HELO name it was computed for.
     spf_helo: Option<(String, Spf)>,
+    /// The TLS session, after STARTTLS or on an implicit-TLS listener.
+    tls: Option<Negotiated>,
+    /// The identity the upstream accepted in an AUTH exchange.
+    authenticated_as: Option<String>,
+    auth_failures: u32,
+    /// The session notes as the connect stage left them: what STARTTLS returns to.
+    notes_at_greeting: Notes,
 }
 
 /// Runs a session on an accepted connection until it ends.
-pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) {
+pub async fn run(stream: TcpStream, peer: SocketAddr, listener: Arc<ListenerContext>, ctx: Arc<SessionContext>) {
     let _ = stream.set_nodelay(true);
-    let (reader, writer) = stream.into_split();
-    let upstream = ctx.upstream.session(ClientInfo { ip: peer.ip(), port: peer.port(), helo: None, esmtp: false });
+    let client = ClientInfo { ip: peer.ip(), port: peer.port(), helo: None, esmtp: false };
+    let upstream = ctx.upstream.session(client, listener.mode.submission());
     let max_size = ctx.config.limits.max_message_size.bytes();
     let mut session = Session {
-        io: ClientIo::new(reader, writer, ctx.config.timeouts.idle),
+        io: ClientIo::new(stream, ctx.config.timeouts.idle),
+        listener,
         lines: LineReader::new(command::MAX_MAIL_RCPT_LINE),
         peer,
         id: ctx.next_id(),
@@ -151,6 +188,10 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) 
         refused: false,
         iprev: None,
         spf_helo: None,
+        tls: None,
+        authenticated_as: None,
+        auth_failures: 0,
+        notes_at_greeting: Notes::default(),
         ctx,
     };
     let span = tracing::info_span!("session", id = %session.id, client = %peer);
@@ -160,6 +201,10 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) 
 impl Session {
     async fn serve(&mut self) {
         tracing::debug!("connected");
+        if self.listener.mode == ListenerMode::Submissions && !self.implicit_tls().await {
+            self.io.close().await;
+            return;
+        }
         if self.ctx.shutdown.is_draining() {
             self.reply(replies::shutting_down(&self.ctx.hostname));
         } else if self.greet().await == Flow::Continue {
@@ -177,6 +222,12 @@ impl Session {
     fn facts(&self, txn: Option<&Transaction>) -> Connection {
         let mut conn = Connection::new(self.id.clone(), self.peer);
         conn.helo = self.helo.as_ref().map(|h| h.name.clone());
+        conn.tls = self.tls.as_ref().map(|t| TlsInfo {
+            version: t.version.clone(),
+            cipher: t.cipher.clone(),
+            sni: t.sni.clone(),
+        });
+        conn.authenticated_as = self.authenticated_as.clone();
         conn.client_name = self.iprev.as_ref().and_then(|i| i.check.verified_name()).map(String::from);
         let message = txn.and_then(|t| t.message_auth.as_ref());
         conn.auth = AuthResults {
@@ -192,7 +243,7 @@ impl Session {
 
     /// Runs the plugins of `S::STAGE` over `state` outside any transaction.
     async fn run_session_stage<S: StageState>(&mut self, state: &mut S) -> Outcome {
-        let chain = self.ctx.chain.clone();
+        let chain = self.listener.chain.clone();
         if !chain.wants(S::STAGE) {
             return Outcome::Continue;
         }
@@ -207,6 +258,7 @@ impl Session {
         }
         match self.run_session_stage(&mut ConnectState).await {
             Outcome::Continue => {
+                self.notes_at_greeting = self.notes.clone();
                 self.reply(replies::greeting(&self.ctx.hostname));
                 Flow::Continue
             }
@@ -256,7 +308,9 @@ impl Session {
     }
 
     async fn dispatch(&mut self, cmd: Command) -> Flow {
-        if cmd.is_sync_point() && !self.io.input.is_empty() {
+        // After STARTTLS whatever the client pipelined is discarded rather than refused: the
+        // handshake starts from a clean slate (RFC 3207 §4.2).
+        if cmd.is_sync_point() && cmd != Command::StartTls && !self.io.input.is_empty() {
             return self.synchronization_error(&cmd);
         }
         if self.refused && !matches!(cmd, Command::Quit) {
@@ -273,7 +327,9 @@ impl Session {
             Command::Quit => self.quit(),
             Command::Help => self.help(),
             Command::Vrfy => self.vrfy(),
-            Command::Expn | Command::Bdat | Command::StartTls | Command::Auth => self.not_implemented(&cmd),
+            Command::StartTls => self.starttls().await,
+            Command::Auth(start) => self.auth(start).await,
+            Command::Expn | Command::Bdat => self.not_implemented(&cmd),
         }
     }
 

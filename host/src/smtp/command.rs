@@ -21,10 +21,25 @@ pub enum Command {
     Expn,
     /// Recognised so it can be refused clearly; CHUNKING is never advertised.
     Bdat,
-    /// Recognised so it can be refused clearly; STARTTLS is not offered.
     StartTls,
-    /// Recognised so it can be refused clearly; AUTH is not offered.
-    Auth,
+    /// `AUTH mechanism [initial-response]` (RFC 4954).
+    Auth(AuthStart),
+}
+
+/// The start of an AUTH exchange.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthStart {
+    /// Upper-cased, e.g. `PLAIN`.
+    pub mechanism: String,
+    /// The initial response, base64 (`=` for an empty one), if the client sent it.
+    pub initial: Option<String>,
+}
+
+/// Never shows the initial response: it may hold a password.
+impl std::fmt::Debug for AuthStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthStart").field("mechanism", &self.mechanism).finish_non_exhaustive()
+    }
 }
 
 /// Why a command line was not understood.
@@ -73,7 +88,7 @@ impl Command {
             Command::Expn => "EXPN",
             Command::Bdat => "BDAT",
             Command::StartTls => "STARTTLS",
-            Command::Auth => "AUTH",
+            Command::Auth(_) => "AUTH",
         }
     }
 }
@@ -145,8 +160,8 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
         "VRFY" => Ok(Command::Vrfy),
         "EXPN" => Ok(Command::Expn),
         "BDAT" => Ok(Command::Bdat),
-        "STARTTLS" => Ok(Command::StartTls),
-        "AUTH" => Ok(Command::Auth),
+        "STARTTLS" => no_args(Command::StartTls),
+        "AUTH" => parse_auth(args).map(Command::Auth),
         _ => Err(ParseError::Unknown),
     }
 }
@@ -203,6 +218,22 @@ fn parse_mail(args: &str) -> Result<MailFrom, ParseError> {
     Ok(mail)
 }
 
+fn parse_auth(args: &str) -> Result<AuthStart, ParseError> {
+    let mut words = args.split(' ').filter(|w| !w.is_empty());
+    let mechanism = words.next().ok_or(ParseError::Usage("AUTH mechanism [initial-response]"))?;
+    let initial = words.next();
+    let mechanism_ok = mechanism.len() <= 20
+        && mechanism
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    let initial_ok =
+        initial.is_none_or(|i| i == "=" || i.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b)));
+    if !mechanism_ok || !initial_ok || words.next().is_some() {
+        return Err(ParseError::Usage("AUTH mechanism [initial-response]"));
+    }
+    Ok(AuthStart { mechanism: mechanism.to_ascii_uppercase(), initial: initial.map(String::from) })
+}
+
 fn parse_rcpt(args: &str) -> Result<RcptTo, ParseError> {
     let path = strip_keyword(args, "TO:").ok_or(ParseError::Usage("RCPT TO:<address>"))?;
     // Whether UTF-8 is allowed depends on the transaction; the session re-checks it.
@@ -242,6 +273,16 @@ mod tests {
         assert_eq!(parse(b"EXPN list"), Ok(Command::Expn));
         assert_eq!(parse(b"BDAT 10 LAST"), Ok(Command::Bdat));
         assert_eq!(parse(b"STARTTLS"), Ok(Command::StartTls));
+        assert_eq!(parse(b"STARTTLS now"), Err(ParseError::NoArguments("STARTTLS")));
+        assert_eq!(
+            parse(b"auth plain AGFsaWNlAHNlY3JldA=="),
+            Ok(Command::Auth(AuthStart { mechanism: "PLAIN".into(), initial: Some("AGFsaWNlAHNlY3JldA==".into()) }))
+        );
+        assert_eq!(parse(b"AUTH LOGIN"), Ok(Command::Auth(AuthStart { mechanism: "LOGIN".into(), initial: None })));
+        assert!(parse(b"AUTH").is_err());
+        assert!(parse(b"AUTH PLAIN not*base64").is_err());
+        let debug = format!("{:?}", parse(b"AUTH PLAIN c2VjcmV0").unwrap());
+        assert!(!debug.contains("c2VjcmV0"), "{debug}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! [`UpstreamError`], which the session turns into a 4xx for its client, so no message is ever
 //! acknowledged that the upstream did not take.
 
+mod connection;
 pub mod maildir;
 pub mod smtp;
 
@@ -30,15 +31,66 @@ pub struct Capabilities {
     pub eight_bit_mime: bool,
     pub smtputf8: bool,
     pub pipelining: bool,
+    pub starttls: bool,
+    pub xforward: bool,
+    /// The SASL mechanisms the proxy can relay (RFC 4954), as the upstream offers them.
+    pub auth_plain: bool,
+    pub auth_login: bool,
 }
 
 impl Capabilities {
     /// What we assume before the upstream has ever answered: nothing end-to-end.
-    pub const UNKNOWN: Self =
-        Self { size: None, size_param: false, eight_bit_mime: false, smtputf8: false, pipelining: false };
+    pub const UNKNOWN: Self = Self {
+        size: None,
+        size_param: false,
+        eight_bit_mime: false,
+        smtputf8: false,
+        pipelining: false,
+        starttls: false,
+        xforward: false,
+        auth_plain: false,
+        auth_login: false,
+    };
     /// Embedded delivery stores anything.
-    pub const LOCAL: Self =
-        Self { size: None, size_param: false, eight_bit_mime: true, smtputf8: true, pipelining: true };
+    pub const LOCAL: Self = Self { eight_bit_mime: true, smtputf8: true, pipelining: true, ..Self::UNKNOWN };
+
+    /// The AUTH mechanisms to advertise, e.g. `"PLAIN LOGIN"`; empty when none can be relayed.
+    pub fn auth_mechanisms(&self) -> String {
+        let mut mechanisms = Vec::new();
+        if self.auth_plain {
+            mechanisms.push("PLAIN");
+        }
+        if self.auth_login {
+            mechanisms.push("LOGIN");
+        }
+        mechanisms.join(" ")
+    }
+}
+
+/// The capabilities in words, for logs: `size=10240000 8bitmime pipelining auth=PLAIN`.
+impl fmt::Display for Capabilities {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.size {
+            Some(size) => write!(f, "size={size}")?,
+            None => f.write_str("size=unlimited")?,
+        }
+        for (on, name) in [
+            (self.eight_bit_mime, "8bitmime"),
+            (self.smtputf8, "smtputf8"),
+            (self.pipelining, "pipelining"),
+            (self.starttls, "starttls"),
+            (self.xforward, "xforward"),
+        ] {
+            if on {
+                write!(f, " {name}")?;
+            }
+        }
+        let auth = self.auth_mechanisms();
+        if !auth.is_empty() {
+            write!(f, " auth={}", auth.replace(' ', ","))?;
+        }
+        Ok(())
+    }
 }
 
 /// The SMTP stage an upstream operation belongs to, for errors and logs.
@@ -53,6 +105,8 @@ pub enum Stage {
     EndOfData,
     Rset,
     Quit,
+    StartTls,
+    Auth,
 }
 
 impl fmt::Display for Stage {
@@ -67,6 +121,8 @@ impl fmt::Display for Stage {
             Stage::EndOfData => "end of data",
             Stage::Rset => "RSET",
             Stage::Quit => "QUIT",
+            Stage::StartTls => "STARTTLS",
+            Stage::Auth => "AUTH",
         })
     }
 }
@@ -91,6 +147,8 @@ pub enum UpstreamError {
     Refused { stage: Stage, reply: Reply },
     #[error("local delivery failed: {0}")]
     Local(std::io::Error),
+    #[error("upstream TLS failed: {0}")]
+    Tls(String),
 }
 
 impl UpstreamError {
@@ -110,6 +168,7 @@ impl UpstreamError {
             }
             UpstreamError::Protocol { .. } => replies::upstream_protocol_error(),
             UpstreamError::Local(_) => replies::local_delivery_failed(),
+            UpstreamError::Tls(_) => replies::upstream_tls_failed(),
         }
     }
 }
@@ -134,15 +193,16 @@ impl UpstreamTarget {
     /// Builds the target; a Maildir is created (with `tmp/`, `new/`, `cur/`) if missing.
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
         Ok(match config.upstream_url() {
-            UpstreamUrl::Smtp { host, port } => Self::Smtp(Arc::new(smtp::SmtpTarget::new(host, port, config))),
+            UpstreamUrl::Smtp { host, port } => Self::Smtp(Arc::new(smtp::SmtpTarget::new(host, port, config)?)),
             UpstreamUrl::Maildir(path) => Self::Maildir(Arc::new(maildir::Maildir::create(path, config.hostname())?)),
         })
     }
 
-    /// A fresh per-session upstream. Nothing is connected until it is needed.
-    pub fn session(&self, client: ClientInfo) -> Upstream {
+    /// A fresh per-session upstream. Nothing is connected until it is needed. A `dedicated`
+    /// session's connection is opened for it alone and never pooled.
+    pub fn session(&self, client: ClientInfo, dedicated: bool) -> Upstream {
         match self {
-            Self::Smtp(target) => Upstream::Smtp(smtp::SmtpRelay::new(target.clone(), client)),
+            Self::Smtp(target) => Upstream::Smtp(smtp::SmtpRelay::new(target.clone(), client, dedicated)),
             Self::Maildir(maildir) => Upstream::Maildir(maildir::MaildirSession::new(maildir.clone())),
         }
     }
@@ -261,6 +321,23 @@ impl Upstream {
     pub async fn quit(&mut self) {
         if let Self::Smtp(relay) = self {
             relay.quit().await;
+        }
+    }
+
+    /// One step of an AUTH exchange relayed to the upstream (SMTP only; the embedded Maildir
+    /// has nobody to check credentials).
+    pub async fn auth(&mut self, line: &str) -> Result<Reply, UpstreamError> {
+        match self {
+            Self::Smtp(relay) => relay.auth(line).await,
+            Self::Maildir(_) => Err(UpstreamError::Closed(Stage::Auth)),
+        }
+    }
+
+    /// The capabilities of this session's own upstream connection (opening it if needed).
+    pub async fn connection_capabilities(&mut self) -> Result<Capabilities, UpstreamError> {
+        match self {
+            Self::Smtp(relay) => relay.connection_capabilities().await,
+            Self::Maildir(_) => Ok(Capabilities::LOCAL),
         }
     }
 

@@ -10,24 +10,14 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::time::timeout;
-
+use super::connection::Connection;
 use super::{Capabilities, ClientInfo, Sender, Stage, UpstreamError};
-use crate::config::Config;
+use crate::config::{Config, UpstreamTls};
 use crate::message::{CHUNK, Outgoing};
 use crate::smtp::command::Body;
 use crate::smtp::data::DotStuffer;
 use crate::smtp::{EnhancedCode, Mailbox, Reply};
-
-/// Longest reply line accepted from the upstream.
-const MAX_LINE: usize = 4096;
-/// Most lines in one upstream reply.
-const MAX_LINES: usize = 100;
-/// How long a QUIT may take before the connection is simply dropped.
-const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::tls::UpstreamTlsClient;
 
 /// The configured upstream server, shared by all sessions, with the capabilities it announced
 /// most recently.
@@ -39,6 +29,8 @@ pub struct SmtpTarget {
     connect_timeout: Duration,
     command_timeout: Duration,
     data_timeout: Duration,
+    tls_mode: UpstreamTls,
+    tls: Option<UpstreamTlsClient>,
     known: RwLock<Option<Capabilities>>,
     /// Idle connections kept for the next session (after a completed or reset transaction).
     pool: Mutex<Vec<(Connection, Instant)>>,
@@ -47,20 +39,23 @@ pub struct SmtpTarget {
 }
 
 impl SmtpTarget {
-    pub fn new(host: String, port: u16, config: &Config) -> Self {
+    pub fn new(host: String, port: u16, config: &Config) -> anyhow::Result<Self> {
         let up = &config.upstream;
-        Self {
-            host,
-            port,
+        let tls = UpstreamTlsClient::new(up.tls, up.tls_ca_file.as_ref(), up.tls_server_name.as_deref(), &host)?;
+        Ok(Self {
             helo_name: up.helo_name.clone().unwrap_or_else(|| config.hostname()),
             connect_timeout: up.connect_timeout,
             command_timeout: up.command_timeout,
             data_timeout: up.data_timeout,
+            tls_mode: up.tls,
+            tls,
             known: RwLock::new(None),
             pool: Mutex::new(Vec::new()),
             pool_size: up.pool_size,
             pool_idle: up.pool_idle,
-        }
+            host,
+            port,
+        })
     }
 
     fn addr(&self) -> String {
@@ -76,38 +71,42 @@ impl SmtpTarget {
         *self.known.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Connects, reads the greeting and says EHLO (HELO if EHLO is refused).
+    /// Connects, reads the greeting, says EHLO (HELO if EHLO is refused) and, as `upstream.tls`
+    /// says, STARTTLS and EHLO again.
     async fn connect(&self) -> Result<Connection, UpstreamError> {
-        let addr = self.addr();
-        let stream = match timeout(self.connect_timeout, TcpStream::connect((self.host.as_str(), self.port))).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
-            Err(_) => return Err(UpstreamError::Timeout(Stage::Connect)),
-        };
-        stream.set_nodelay(true).map_err(|source| UpstreamError::Io { stage: Stage::Connect, source })?;
-        let (read, write) = stream.into_split();
-        let mut conn = Connection {
-            reader: BufReader::with_capacity(16 << 10, read),
-            writer: write,
-            caps: Capabilities::UNKNOWN,
-            xforward: false,
-        };
+        let mut conn = Connection::open(self.addr(), &self.host, self.port, self.connect_timeout).await?;
         let greeting = conn.read_reply(Stage::Greeting, self.connect_timeout).await?;
         conn.nothing_buffered(Stage::Greeting)?;
         if !greeting.is_positive() {
             return Err(UpstreamError::Refused { stage: Stage::Greeting, reply: greeting });
         }
-        let ehlo = conn.command(&format!("EHLO {}", self.helo_name), Stage::Ehlo, self.command_timeout).await?;
-        if ehlo.is_positive() {
-            (conn.caps, conn.xforward) = parse_ehlo(&ehlo);
-        } else {
-            let helo = conn.command(&format!("HELO {}", self.helo_name), Stage::Ehlo, self.command_timeout).await?;
-            if !helo.is_positive() {
-                return Err(UpstreamError::Refused { stage: Stage::Ehlo, reply: helo });
+        self.ehlo(&mut conn).await?;
+        match (&self.tls, conn.caps.starttls) {
+            (Some(client), true) => {
+                conn.start_tls(client, self.connect_timeout).await?;
+                self.ehlo(&mut conn).await?;
             }
+            _ if self.tls_mode == UpstreamTls::Required => {
+                return Err(UpstreamError::Tls("the upstream does not offer STARTTLS".into()));
+            }
+            _ => {}
         }
         *self.known.write().unwrap_or_else(|e| e.into_inner()) = Some(conn.caps);
         Ok(conn)
+    }
+
+    async fn ehlo(&self, conn: &mut Connection) -> Result<(), UpstreamError> {
+        let ehlo = conn.command(&format!("EHLO {}", self.helo_name), Stage::Ehlo, self.command_timeout).await?;
+        if ehlo.is_positive() {
+            conn.caps = parse_ehlo(&ehlo);
+            return Ok(());
+        }
+        let helo = conn.command(&format!("HELO {}", self.helo_name), Stage::Ehlo, self.command_timeout).await?;
+        if !helo.is_positive() {
+            return Err(UpstreamError::Refused { stage: Stage::Ehlo, reply: helo });
+        }
+        conn.caps = Capabilities::UNKNOWN;
+        Ok(())
     }
 
     /// An idle connection from the pool, if one is fresh enough and the upstream has neither
@@ -126,15 +125,15 @@ impl SmtpTarget {
         None
     }
 
-    /// Keeps an idle connection for a later session; false when the pool is full.
-    fn checkin(&self, conn: Connection) -> Result<(), Connection> {
+    /// Keeps an idle connection for a later session; gives it back when the pool is full.
+    fn checkin(&self, conn: Connection) -> Option<Connection> {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         pool.retain(|(_, since)| since.elapsed() < self.pool_idle);
         if pool.len() >= self.pool_size {
-            return Err(conn);
+            return Some(conn);
         }
         pool.push((conn, Instant::now()));
-        Ok(())
+        None
     }
 
     /// Says QUIT on every pooled connection (at shutdown).
@@ -155,9 +154,8 @@ impl SmtpTarget {
 }
 
 /// Reads the EHLO keywords this relay cares about.
-fn parse_ehlo(reply: &Reply) -> (Capabilities, bool) {
+fn parse_ehlo(reply: &Reply) -> Capabilities {
     let mut caps = Capabilities::UNKNOWN;
-    let mut xforward = false;
     for line in reply.lines().iter().skip(1) {
         let mut words = line.split_ascii_whitespace();
         let keyword = words.next().unwrap_or("").to_ascii_uppercase();
@@ -169,162 +167,21 @@ fn parse_ehlo(reply: &Reply) -> (Capabilities, bool) {
             "8BITMIME" => caps.eight_bit_mime = true,
             "SMTPUTF8" => caps.smtputf8 = true,
             "PIPELINING" => caps.pipelining = true,
-            "XFORWARD" => xforward = true,
+            "STARTTLS" => caps.starttls = true,
+            "XFORWARD" => caps.xforward = true,
+            "AUTH" => {
+                for mechanism in words {
+                    match mechanism.to_ascii_uppercase().as_str() {
+                        "PLAIN" => caps.auth_plain = true,
+                        "LOGIN" => caps.auth_login = true,
+                        _ => {}
+                    }
+                }
+            }
             _ => {}
         }
     }
-    (caps, xforward)
-}
-
-/// The enhanced code for an upstream reply that carried none.
-fn default_enhanced(stage: Stage) -> impl Fn(u8) -> EnhancedCode {
-    move |class| match (class, stage) {
-        (2, Stage::Mail) => EnhancedCode::new(2, 1, 0),
-        (2, Stage::Rcpt) => EnhancedCode::new(2, 1, 5),
-        (2, Stage::EndOfData) => EnhancedCode::new(2, 6, 0),
-        (class, _) => EnhancedCode::new(class, 0, 0),
-    }
-}
-
-/// One open upstream connection.
-#[derive(Debug)]
-struct Connection {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
-    caps: Capabilities,
-    xforward: bool,
-}
-
-impl Connection {
-    async fn write(&mut self, bytes: &[u8], stage: Stage, limit: Duration) -> Result<(), UpstreamError> {
-        match timeout(limit, self.writer.write_all(bytes)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(source)) => Err(UpstreamError::Io { stage, source }),
-            Err(_) => Err(UpstreamError::Timeout(stage)),
-        }
-    }
-
-    /// Sends one command and reads its reply. The upstream must have been silent before it and
-    /// must send nothing after the reply: an upstream out of step is a protocol error, and the
-    /// connection is never used again.
-    async fn command(&mut self, line: &str, stage: Stage, limit: Duration) -> Result<Reply, UpstreamError> {
-        debug_assert!(!line.contains(['\r', '\n', '\0']));
-        self.check_quiet(stage)?;
-        let mut wire = Vec::with_capacity(line.len() + 2);
-        wire.extend_from_slice(line.as_bytes());
-        wire.extend_from_slice(b"\r\n");
-        self.write(&wire, stage, limit).await?;
-        let reply = self.read_reply(stage, limit).await?;
-        self.nothing_buffered(stage)?;
-        Ok(reply)
-    }
-
-    /// Fails if bytes of a reply nobody asked for are already buffered.
-    fn nothing_buffered(&self, stage: Stage) -> Result<(), UpstreamError> {
-        if self.reader.buffer().is_empty() {
-            Ok(())
-        } else {
-            Err(UpstreamError::Protocol { stage, detail: "the upstream sent more than one reply".into() })
-        }
-    }
-
-    /// Fails if the upstream sent anything since its last reply, or closed the connection,
-    /// without waiting for it.
-    fn check_quiet(&mut self, stage: Stage) -> Result<(), UpstreamError> {
-        self.nothing_buffered(stage)?;
-        let mut probe = [0u8; 1];
-        match self.reader.get_ref().try_read(&mut probe) {
-            Ok(0) => Err(UpstreamError::Closed(stage)),
-            Ok(_) => Err(UpstreamError::Protocol { stage, detail: "the upstream sent data nobody asked for".into() }),
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-            Err(source) => Err(UpstreamError::Io { stage, source }),
-        }
-    }
-
-    /// Reads one (possibly multiline) reply within `limit`.
-    async fn read_reply(&mut self, stage: Stage, limit: Duration) -> Result<Reply, UpstreamError> {
-        match timeout(limit, self.read_reply_inner(stage)).await {
-            Ok(result) => result,
-            Err(_) => Err(UpstreamError::Timeout(stage)),
-        }
-    }
-
-    async fn read_reply_inner(&mut self, stage: Stage) -> Result<Reply, UpstreamError> {
-        let protocol = |detail: &str| UpstreamError::Protocol { stage, detail: detail.to_string() };
-        let mut code = None;
-        let mut texts = Vec::new();
-        loop {
-            let line = self.read_line(stage).await?;
-            let line = String::from_utf8_lossy(&line);
-            let bytes = line.as_bytes();
-            if bytes.len() < 3 || !bytes[..3].iter().all(u8::is_ascii_digit) {
-                return Err(protocol("line does not start with a reply code"));
-            }
-            let this_code: u16 = line[..3].parse().map_err(|_| protocol("bad reply code"))?;
-            if !(200..=599).contains(&this_code) && this_code != 354 {
-                return Err(protocol("reply code out of range"));
-            }
-            // 354 answers DATA and nothing else; DATA is answered by 354 or a refusal.
-            if (this_code == 354) != (stage == Stage::Data) && !(stage == Stage::Data && this_code >= 400) {
-                return Err(protocol("reply code does not fit the command"));
-            }
-            if *code.get_or_insert(this_code) != this_code {
-                return Err(protocol("reply lines carry different codes"));
-            }
-            let (last, text) = match bytes.get(3) {
-                None => (true, ""),
-                Some(b' ') => (true, &line[4..]),
-                Some(b'-') => (false, &line[4..]),
-                Some(_) => return Err(protocol("bad separator after reply code")),
-            };
-            texts.push(text.to_string());
-            if last {
-                break;
-            }
-            if texts.len() >= MAX_LINES {
-                return Err(protocol("reply has too many lines"));
-            }
-        }
-        let code = code.expect("at least one line was read");
-        Ok(Reply::parse_upstream(code, &texts, default_enhanced(stage)))
-    }
-
-    /// One line without its line ending; a lone LF is accepted as a line end from the upstream.
-    async fn read_line(&mut self, stage: Stage) -> Result<Vec<u8>, UpstreamError> {
-        let mut line = Vec::new();
-        loop {
-            let buf = self.reader.fill_buf().await.map_err(|source| UpstreamError::Io { stage, source })?;
-            if buf.is_empty() {
-                return Err(UpstreamError::Closed(stage));
-            }
-            let (take, done) = match memchr::memchr(b'\n', buf) {
-                Some(i) => (i + 1, true),
-                None => (buf.len(), false),
-            };
-            if line.len() + take > MAX_LINE {
-                return Err(UpstreamError::Protocol { stage, detail: "reply line too long".into() });
-            }
-            line.extend_from_slice(&buf[..take]);
-            self.reader.consume(take);
-            if done {
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                return Ok(line);
-            }
-        }
-    }
-
-    async fn quit(&mut self) {
-        let _ = timeout(QUIT_TIMEOUT, async {
-            if self.writer.write_all(b"QUIT\r\n").await.is_ok() {
-                let _ = self.read_reply_inner(Stage::Quit).await;
-            }
-            let _ = self.writer.shutdown().await;
-        })
-        .await;
-    }
+    caps
 }
 
 /// Sends XFORWARD (when offered) and MAIL FROM with the parameters the upstream understands.
@@ -334,7 +191,7 @@ async fn mail_on(
     client: &ClientInfo,
     limit: Duration,
 ) -> Result<Reply, UpstreamError> {
-    let xforward = conn.xforward.then(|| {
+    let xforward = conn.caps.xforward.then(|| {
         let helo = client.helo.as_deref().unwrap_or("[UNAVAILABLE]");
         format!(
             "XFORWARD ADDR={} PORT={} HELO={} PROTO={}",
@@ -374,7 +231,7 @@ async fn mail_on(
     // PIPELINING (RFC 2920): XFORWARD and MAIL in one write, then both replies in order.
     let wire = format!("{xforward}\r\n{line}\r\n");
     conn.check_quiet(Stage::Mail)?;
-    conn.write(wire.as_bytes(), Stage::Mail, limit).await?;
+    conn.send(wire.as_bytes(), Stage::Mail, limit).await?;
     let reply = conn.read_reply(Stage::Mail, limit).await?;
     if !reply.is_positive() {
         tracing::warn!(%reply, "upstream refused XFORWARD");
@@ -406,11 +263,14 @@ pub struct SmtpRelay {
     reused: bool,
     client: ClientInfo,
     in_transaction: bool,
+    /// The session's connection is its own: opened fresh, never pooled (an AUTH exchange
+    /// binds it to the session's identity).
+    dedicated: bool,
 }
 
 impl SmtpRelay {
-    pub fn new(target: Arc<SmtpTarget>, client: ClientInfo) -> Self {
-        Self { target, conn: None, reused: false, client, in_transaction: false }
+    pub fn new(target: Arc<SmtpTarget>, client: ClientInfo, dedicated: bool) -> Self {
+        Self { target, conn: None, reused: false, client, in_transaction: false, dedicated }
     }
 
     pub fn describe(&self) -> String {
@@ -440,7 +300,8 @@ impl SmtpRelay {
 
     async fn connection(&mut self) -> Result<&mut Connection, UpstreamError> {
         if self.conn.is_none() {
-            self.conn = match self.target.checkout() {
+            let pooled = if self.dedicated { None } else { self.target.checkout() };
+            self.conn = match pooled {
                 Some(conn) => {
                     self.reused = true;
                     Some(conn)
@@ -553,12 +414,34 @@ impl SmtpRelay {
         }
     }
 
+    /// One step of an AUTH exchange (RFC 4954): the client's `AUTH` command or its response to
+    /// a `334`, relayed on the session's own connection; the upstream's reply comes back.
+    pub async fn auth(&mut self, line: &str) -> Result<Reply, UpstreamError> {
+        let timeout = self.target.command_timeout;
+        let result = match self.connection().await {
+            Ok(conn) => conn.command(line, Stage::Auth, timeout).await,
+            Err(err) => Err(err),
+        };
+        match result {
+            Ok(reply) => Ok(self.closing(reply)),
+            Err(err) => self.fail(err),
+        }
+    }
+
+    /// The capabilities of the session's own connection, opening it if needed.
+    pub async fn connection_capabilities(&mut self) -> Result<Capabilities, UpstreamError> {
+        match self.connection().await {
+            Ok(conn) => Ok(conn.caps),
+            Err(err) => self.fail(err),
+        }
+    }
+
     /// Ends this session's use of the upstream: a clean connection goes back to the pool for
     /// the next session, anything else gets QUIT.
     pub async fn quit(&mut self) {
-        let clean = !std::mem::take(&mut self.in_transaction);
+        let clean = !std::mem::take(&mut self.in_transaction) && !self.dedicated;
         if let Some(conn) = self.conn.take() {
-            let leftover = if clean { self.target.checkin(conn).err() } else { Some(conn) };
+            let leftover = if clean { self.target.checkin(conn) } else { Some(conn) };
             if let Some(mut conn) = leftover {
                 conn.quit().await;
             }
@@ -578,12 +461,12 @@ async fn send_message(conn: &mut Connection, message: &mut Outgoing<'_>, limit: 
     while let Some(chunk) = message.next_chunk().await.map_err(io_error)? {
         stuffer.stuff(chunk, &mut out);
         if out.len() >= CHUNK {
-            conn.write(&out, Stage::Data, limit).await?;
+            conn.send(&out, Stage::Data, limit).await?;
             out.clear();
         }
     }
     stuffer.finish(&mut out);
-    conn.write(&out, Stage::Data, limit).await
+    conn.send(&out, Stage::Data, limit).await
 }
 
 #[cfg(test)]
@@ -599,7 +482,7 @@ mod tests {
                 .map(String::from)
                 .to_vec(),
         );
-        let (caps, xforward) = parse_ehlo(&reply);
+        let caps = parse_ehlo(&reply);
         assert_eq!(
             caps,
             Capabilities {
@@ -607,11 +490,18 @@ mod tests {
                 size_param: true,
                 eight_bit_mime: true,
                 smtputf8: true,
-                pipelining: true
+                pipelining: true,
+                xforward: true,
+                ..Capabilities::UNKNOWN
             }
         );
-        assert!(xforward);
-        let (caps, _) = parse_ehlo(&Reply::multiline(250, None, vec!["x".into(), "SIZE 0".into()]));
+        let caps = parse_ehlo(&Reply::multiline(
+            250,
+            None,
+            vec!["x".into(), "AUTH LOGIN plain CRAM-MD5".into(), "STARTTLS".into()],
+        ));
+        assert!(caps.auth_plain && caps.auth_login && caps.starttls);
+        let caps = parse_ehlo(&Reply::multiline(250, None, vec!["x".into(), "SIZE 0".into()]));
         assert_eq!((caps.size, caps.size_param), (None, true));
     }
 

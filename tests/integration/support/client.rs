@@ -1,11 +1,29 @@
-//! A raw-socket SMTP client for the tests: sends exact bytes and reads replies with a bound.
+//! A raw-socket SMTP client for the tests: sends exact bytes and reads replies with a bound,
+//! over plain TCP or, after STARTTLS (or from the start), TLS.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::WAIT;
+
+/// A byte stream: TCP or TLS over it.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// A TLS client that trusts `ca` (DER) only, and records the certificate the server sent.
+pub fn tls_connector(ca: &[u8]) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(ca.to_vec())).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
 
 /// One reply as the client saw it.
 #[derive(Debug, Clone)]
@@ -22,15 +40,37 @@ impl Reply {
 }
 
 pub struct Client {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     buf: Vec<u8>,
+    /// The server's certificate chain (DER), once TLS is up.
+    pub peer_certificates: Vec<Vec<u8>>,
 }
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Self {
         let stream =
             tokio::time::timeout(WAIT, TcpStream::connect(addr)).await.expect("connect in time").expect("connect");
-        Self { stream, buf: Vec::new() }
+        Self { stream: Box::new(stream), buf: Vec::new(), peer_certificates: Vec::new() }
+    }
+
+    /// Connects and starts TLS at once (implicit TLS, RFC 8314), asking for `server_name`.
+    pub async fn connect_tls(addr: SocketAddr, connector: &tokio_rustls::TlsConnector, server_name: &str) -> Self {
+        let mut client = Self::connect(addr).await;
+        client.tls(connector, server_name).await.expect("TLS handshake");
+        client
+    }
+
+    /// Runs the client side of a TLS handshake on this connection (after `220` to STARTTLS).
+    /// Bytes already received in plaintext are dropped, as a client must.
+    pub async fn tls(&mut self, connector: &tokio_rustls::TlsConnector, server_name: &str) -> std::io::Result<()> {
+        self.buf.clear();
+        let plain = std::mem::replace(&mut self.stream, Box::new(tokio::io::empty()));
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).unwrap();
+        let tls = tokio::time::timeout(WAIT, connector.connect(name, plain)).await.expect("handshake in time")?;
+        self.peer_certificates =
+            tls.get_ref().1.peer_certificates().unwrap_or_default().iter().map(|c| c.to_vec()).collect();
+        self.stream = Box::new(tls);
+        Ok(())
     }
 
     /// Connects from a chosen loopback address (anything in 127.0.0.0/8 works on Linux).
@@ -38,7 +78,7 @@ impl Client {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind(SocketAddr::new(local, 0)).unwrap();
         let stream = tokio::time::timeout(WAIT, socket.connect(addr)).await.expect("connect in time").expect("connect");
-        Self { stream, buf: Vec::new() }
+        Self { stream: Box::new(stream), buf: Vec::new(), peer_certificates: Vec::new() }
     }
 
     pub async fn send(&mut self, bytes: impl AsRef<[u8]>) {

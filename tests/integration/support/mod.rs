@@ -1,9 +1,11 @@
 //! Test harness: the proxy in-process on 127.0.0.1:0, a raw-socket SMTP client, a recording
 //! upstream with fault injection, and Postfix's smtp-sink as a real upstream.
 
+pub mod certs;
 pub mod client;
 pub mod dns;
 pub mod logs;
+pub mod postfix;
 pub mod recorder;
 pub mod sink;
 
@@ -13,6 +15,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use wasmtp::config::{ListenerConfig, ListenerMode};
+use wasmtp::server::BoundListener;
 
 pub use client::Client;
 pub use logs::Logs;
@@ -25,6 +29,8 @@ pub const WAIT: Duration = Duration::from_secs(20);
 /// The proxy running inside the test's runtime.
 pub struct TestProxy {
     pub addr: SocketAddr,
+    /// Every listener's address, in the order they were asked for.
+    pub addrs: Vec<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -43,19 +49,35 @@ impl TestProxy {
     }
 
     /// Starts the proxy keeping the configuration's upstream connection pool.
-    pub async fn start_pooled(mut config: wasmtp::Config, upstream: &str) -> Self {
+    pub async fn start_pooled(config: wasmtp::Config, upstream: &str) -> Self {
+        Self::start_listeners(config, upstream, &[ListenerMode::Smtp]).await
+    }
+
+    /// Starts the proxy with one listener per mode on free loopback ports (no pooling).
+    pub async fn start_modes(mut config: wasmtp::Config, upstream: &str, modes: &[ListenerMode]) -> Self {
+        config.upstream.pool_size = 0;
+        Self::start_listeners(config, upstream, modes).await
+    }
+
+    async fn start_listeners(mut config: wasmtp::Config, upstream: &str, modes: &[ListenerMode]) -> Self {
         config.upstream.url = Some(upstream.parse().expect("upstream url"));
         if config.sandbox.cache_dir.is_none() {
             config.sandbox.cache_dir = Some(shared_compile_cache());
         }
         config.server.hostname = Some("proxy.test".into());
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().unwrap();
+        let mut listeners = Vec::new();
+        for &mode in modes {
+            let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let mut listener = ListenerConfig::smtp(tcp.local_addr().unwrap());
+            listener.mode = mode;
+            listeners.push(BoundListener { tcp, config: listener });
+        }
+        let addrs: Vec<_> = listeners.iter().map(|l| l.config.address).collect();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(wasmtp::server::run(listener, config, async {
+        let task = tokio::spawn(wasmtp::server::run_listeners(listeners, config, async {
             let _ = stopped.await;
         }));
-        Self { addr, stop: Some(stop), task }
+        Self { addr: addrs[0], addrs, stop: Some(stop), task }
     }
 
     pub async fn client(&self) -> Client {
@@ -73,6 +95,12 @@ impl TestProxy {
     pub async fn stop(mut self) {
         self.begin_shutdown();
         tokio::time::timeout(WAIT, &mut self.task).await.expect("server stops").unwrap().unwrap();
+    }
+
+    /// Waits for a proxy that should not have started and returns why it did not.
+    pub async fn failed(self) -> String {
+        let result = tokio::time::timeout(WAIT, self.task).await.expect("server ends").unwrap();
+        format!("{:#}", result.expect_err("the proxy should refuse to start"))
     }
 
     pub async fn join(&mut self) {

@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use super::WAIT;
+use super::client::Stream;
 
 /// What the upstream does at a stage instead of its normal 2xx/354.
 #[derive(Debug, Clone)]
@@ -36,6 +37,10 @@ pub struct Script {
     pub end_of_data: Option<Fault>,
     /// EHLO keywords; `None` gives PIPELINING, SIZE, 8BITMIME, SMTPUTF8, ENHANCEDSTATUSCODES.
     pub extensions: Option<Vec<&'static str>>,
+    /// Offer AUTH PLAIN and LOGIN and accept this user and password only.
+    pub auth: Option<(&'static str, &'static str)>,
+    /// Offer STARTTLS with this server configuration.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// One message the upstream received completely.
@@ -47,6 +52,8 @@ pub struct Message {
     pub wire: Vec<u8>,
     /// Whether the upstream answered 250 to it.
     pub accepted: bool,
+    /// It arrived over TLS.
+    pub tls: bool,
 }
 
 #[derive(Debug, Default)]
@@ -145,18 +152,25 @@ impl Recorder {
         self.wait_for("connections closed", |s| s.connections == n && s.closed_connections == n).await;
     }
 
+    /// Waits until `n` messages were received.
+    pub async fn wait_messages(&self, n: usize) {
+        self.wait_for("messages", |s| s.messages.len() >= n).await;
+    }
+
     /// Waits until a command starting with `prefix` was received.
     pub async fn saw_command(&self, prefix: &str) {
         self.wait_for(prefix, |s| s.commands.iter().any(|c| c.starts_with(prefix))).await;
     }
 }
 
-async fn serve(mut stream: TcpStream, script: &Script, r: &Recorder) -> std::io::Result<()> {
+async fn serve(stream: tokio::net::TcpStream, script: &Script, r: &Recorder) -> std::io::Result<()> {
+    let mut stream: Box<dyn Stream> = Box::new(stream);
     let mut buf = Vec::new();
     if !respond(&mut stream, script.greeting.as_ref(), "220 recorder.test ESMTP").await? {
         return Ok(());
     }
     let mut current: Option<Message> = None;
+    let mut tls = false;
     loop {
         let Some(line) = read_line(&mut stream, &mut buf).await? else { return Ok(()) };
         r.state.lock().unwrap().commands.push(line.clone());
@@ -165,7 +179,13 @@ async fn serve(mut stream: TcpStream, script: &Script, r: &Recorder) -> std::io:
         let ok = match verb.as_str() {
             "EHLO" => {
                 let default = vec!["PIPELINING", "SIZE 100000000", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"];
-                let ext = script.extensions.clone().unwrap_or(default);
+                let mut ext = script.extensions.clone().unwrap_or(default);
+                if script.auth.is_some() {
+                    ext.push("AUTH PLAIN LOGIN");
+                }
+                if script.tls.is_some() && !tls {
+                    ext.push("STARTTLS");
+                }
                 let mut reply = String::from("250-recorder.test");
                 for e in ext {
                     reply.push_str(&format!("\r\n250-{e}"));
@@ -177,7 +197,8 @@ async fn serve(mut stream: TcpStream, script: &Script, r: &Recorder) -> std::io:
             "MAIL" => {
                 let ok = respond(&mut stream, script.mail.as_ref(), "250 2.1.0 Ok").await?;
                 if script.mail.is_none() {
-                    current = Some(Message { mail_from: line.clone(), rcpts: vec![], wire: vec![], accepted: false });
+                    current =
+                        Some(Message { mail_from: line.clone(), rcpts: vec![], wire: vec![], accepted: false, tls });
                 }
                 ok
             }
@@ -212,6 +233,7 @@ async fn serve(mut stream: TcpStream, script: &Script, r: &Recorder) -> std::io:
                     rcpts: vec![],
                     wire: vec![],
                     accepted,
+                    tls,
                 });
                 message.wire = wire;
                 message.accepted = accepted;
@@ -228,6 +250,21 @@ async fn serve(mut stream: TcpStream, script: &Script, r: &Recorder) -> std::io:
                 return Ok(());
             }
             "NOOP" | "XFORWARD" => respond(&mut stream, None, "250 2.0.0 Ok").await?,
+            "STARTTLS" if script.tls.is_some() && !tls => {
+                stream.write_all(b"220 2.0.0 Ready to start TLS\r\n").await?;
+                buf.clear();
+                let acceptor = tokio_rustls::TlsAcceptor::from(script.tls.clone().unwrap());
+                stream = Box::new(acceptor.accept(stream).await?);
+                tls = true;
+                true
+            }
+            "AUTH" if script.auth.is_some() => {
+                let (user, pass) = script.auth.unwrap();
+                let ok = authenticate(&mut stream, &mut buf, &line, user, pass, r).await?;
+                let reply =
+                    if ok { "235 2.7.0 Authentication successful" } else { "535 5.7.8 Error: authentication failed" };
+                respond(&mut stream, None, reply).await?
+            }
             _ => respond(&mut stream, None, "502 5.5.2 Error: command not recognized").await?,
         };
         if !ok {
@@ -236,8 +273,48 @@ async fn serve(mut stream: TcpStream, script: &Script, r: &Recorder) -> std::io:
     }
 }
 
+/// Runs AUTH PLAIN or LOGIN (RFC 4616, the LOGIN draft) and checks the credentials.
+async fn authenticate(
+    stream: &mut Box<dyn Stream>,
+    buf: &mut Vec<u8>,
+    line: &str,
+    user: &str,
+    pass: &str,
+    r: &Recorder,
+) -> std::io::Result<bool> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut words = line.split(' ').skip(1);
+    let mechanism = words.next().unwrap_or("").to_ascii_uppercase();
+    let initial = words.next().map(String::from);
+    let ask = async |stream: &mut Box<dyn Stream>, buf: &mut Vec<u8>, challenge: &str| -> std::io::Result<String> {
+        stream.write_all(format!("334 {challenge}\r\n").as_bytes()).await?;
+        let answer = read_line(stream, buf).await?.unwrap_or_default();
+        r.state.lock().unwrap().commands.push(answer.clone());
+        Ok(answer)
+    };
+    let decode = |s: &str| String::from_utf8(b64.decode(s.trim()).unwrap_or_default()).unwrap_or_default();
+    match mechanism.as_str() {
+        "PLAIN" => {
+            let response = match initial {
+                Some(initial) => initial,
+                None => ask(stream, buf, "").await?,
+            };
+            let plain = decode(&response);
+            let mut parts = plain.split('\0').skip(1);
+            Ok(parts.next() == Some(user) && parts.next() == Some(pass))
+        }
+        "LOGIN" => {
+            let name = ask(stream, buf, &b64.encode("Username:")).await?;
+            let password = ask(stream, buf, &b64.encode("Password:")).await?;
+            Ok(decode(&name) == user && decode(&password) == pass)
+        }
+        _ => Ok(false),
+    }
+}
+
 /// Sends the fault's reply or the normal one; returns false when the connection should end.
-async fn respond(stream: &mut TcpStream, fault: Option<&Fault>, normal: &str) -> std::io::Result<bool> {
+async fn respond(stream: &mut Box<dyn Stream>, fault: Option<&Fault>, normal: &str) -> std::io::Result<bool> {
     match fault {
         None => stream.write_all(format!("{normal}\r\n").as_bytes()).await.map(|_| true),
         Some(Fault::Reply(line)) => stream.write_all(format!("{line}\r\n").as_bytes()).await.map(|_| true),
@@ -255,7 +332,7 @@ async fn respond(stream: &mut TcpStream, fault: Option<&Fault>, normal: &str) ->
     }
 }
 
-async fn read_line(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<String>> {
+async fn read_line(stream: &mut Box<dyn Stream>, buf: &mut Vec<u8>) -> std::io::Result<Option<String>> {
     loop {
         if let Some(pos) = buf.windows(2).position(|w| w == b"\r\n") {
             let line: Vec<u8> = buf.drain(..pos + 2).collect();
@@ -271,7 +348,7 @@ async fn read_line(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result
 }
 
 /// Reads wire data up to and including `CRLF.CRLF` (or a lone `.CRLF` for an empty message).
-async fn read_data(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<Vec<u8>>> {
+async fn read_data(stream: &mut Box<dyn Stream>, buf: &mut Vec<u8>) -> std::io::Result<Option<Vec<u8>>> {
     let mut searched: usize = 0;
     loop {
         if buf.starts_with(b".\r\n") {

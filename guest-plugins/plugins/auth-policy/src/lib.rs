@@ -7,6 +7,8 @@
 //!   (`550 5.7.23` at MAIL) or `quarantine` (at DATA).
 //! - `temperror` in SPF or DMARC → `451 4.7.x` when `tempfail_on_temperror` (default true), so
 //!   a DNS outage delays mail instead of letting it through unchecked.
+//! - A sender in one of `local_domains` must have authenticated (AUTH on a submission
+//!   listener): otherwise `550 5.7.1` at MAIL, so nobody can claim a local address on port 25.
 //!
 //! ```toml
 //! [[plugins]]
@@ -16,6 +18,7 @@
 //! spf_fail = "accept"            # accept | reject | quarantine
 //! dmarc_quarantine = "quarantine" # quarantine | reject
 //! tempfail_on_temperror = true
+//! local_domains = ["example.org"]  # senders here must be authenticated; none by default
 //! ```
 
 use serde::Deserialize;
@@ -30,11 +33,17 @@ struct Config {
     spf_fail: String,
     dmarc_quarantine: String,
     tempfail_on_temperror: bool,
+    local_domains: Vec<String>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { spf_fail: "accept".into(), dmarc_quarantine: "quarantine".into(), tempfail_on_temperror: true }
+        Config {
+            spf_fail: "accept".into(),
+            dmarc_quarantine: "quarantine".into(),
+            tempfail_on_temperror: true,
+            local_domains: Vec::new(),
+        }
     }
 }
 
@@ -58,11 +67,15 @@ impl Filter for AuthPolicy {
             .edits([EditKind::Quarantine])
     }
 
-    fn on_mail(conn: &Connection, _sender: &Address) -> Decision {
+    fn on_mail(conn: &Connection, sender: &Address) -> Decision {
         let config = match config() {
             Ok(c) => c,
             Err(d) => return d,
         };
+        let local = sender.domain().is_some_and(|d| config.local_domains.iter().any(|l| l.eq_ignore_ascii_case(d)));
+        if local && conn.authenticated_as.is_none() {
+            return Decision::reject(550, "5.7.1", "Authentication required to send as a local address");
+        }
         let Some(spf) = &conn.auth.spf_mail else { return Decision::next() };
         match spf.result {
             AuthResult::Fail if config.spf_fail == "reject" => {
