@@ -100,7 +100,9 @@ impl Sandbox for Scripted {
 fuzz_target!(|input: Input| {
     let mut message = Vec::new();
     for (name, value) in &input.headers {
-        if name.is_empty() || !name.bytes().all(|b| (33..=126).contains(&b) && b != b':') || value.contains(['\r', '\n']) {
+        // What a client can send at all: the DATA receiver refuses (or, normalising, drops) bare
+        // CR, LF and NUL before any plugin runs.
+        if name.is_empty() || !name.bytes().all(|b| (33..=126).contains(&b) && b != b':') || value.contains(['\r', '\n', '\0']) {
             return;
         }
         message.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());

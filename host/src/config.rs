@@ -25,6 +25,7 @@ pub struct Config {
     pub sandbox: SandboxConfig,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
+    pub relay: RelayConfig,
     /// Where to listen; without any, one `smtp` listener on `server.listen`.
     pub listeners: Vec<ListenerConfig>,
     /// Filter plugins, run in this order at every stage they declare.
@@ -48,12 +49,23 @@ pub struct ListenerConfig {
     /// (for a local webmail, say); never to other clients.
     #[serde(default)]
     pub allow_plaintext_auth: bool,
+    /// Clients whose XFORWARD (the real client's address, name and HELO) is believed: a
+    /// Postfix that runs wasmtp as its `smtpd_proxy_filter`. XFORWARD is offered to them only.
+    #[serde(default)]
+    pub xforward_from: Vec<ipnet::IpNet>,
 }
 
 impl ListenerConfig {
     /// An `smtp` listener with every setting at its default.
     pub fn smtp(address: SocketAddr) -> Self {
-        Self { address, mode: ListenerMode::Smtp, max_connections: None, plugins: None, allow_plaintext_auth: false }
+        Self {
+            address,
+            mode: ListenerMode::Smtp,
+            max_connections: None,
+            plugins: None,
+            allow_plaintext_auth: false,
+            xforward_from: Vec::new(),
+        }
     }
 }
 
@@ -82,6 +94,32 @@ impl ListenerMode {
     /// Clients must authenticate before MAIL.
     pub fn submission(self) -> bool {
         self != ListenerMode::Smtp
+    }
+}
+
+/// `[relay]`: relay control of the proxy's own, for upstreams that do not check recipients
+/// themselves. Off (every recipient goes to the upstream) while `accept_domains` is empty.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// Recipient domains accepted from anyone: `example.org`, or `*.example.org` for its
+    /// subdomains.
+    pub accept_domains: Vec<String>,
+    /// Clients that may send to any domain (authenticated clients always may).
+    pub relay_networks: Vec<ipnet::IpNet>,
+}
+
+impl RelayConfig {
+    /// Whether `domain` is one of ours.
+    pub fn accepts(&self, domain: &str) -> bool {
+        self.accept_domains.iter().any(|d| match d.strip_prefix("*.") {
+            Some(parent) => {
+                domain.len() > parent.len() + 1
+                    && domain[domain.len() - parent.len()..].eq_ignore_ascii_case(parent)
+                    && domain.as_bytes()[domain.len() - parent.len() - 1] == b'.'
+            }
+            None => d.eq_ignore_ascii_case(domain),
+        })
     }
 }
 
@@ -254,6 +292,13 @@ pub struct UpstreamConfig {
     pub tls_ca_file: Option<PathBuf>,
     /// The name the upstream's certificate must be valid for; the upstream's host when unset.
     pub tls_server_name: Option<String>,
+    /// Tell the upstream who the client is with XCLIENT when it offers it (Postfix's
+    /// `smtpd_authorized_xclient_hosts`), so its own restrictions judge the real client;
+    /// XFORWARD otherwise.
+    pub xclient: bool,
+    /// How often the upstream is probed, so what EHLO replies promise follows its settings.
+    #[serde(with = "duration")]
+    pub probe_interval: Duration,
 }
 
 impl Default for UpstreamConfig {
@@ -269,6 +314,8 @@ impl Default for UpstreamConfig {
             tls: UpstreamTls::default(),
             tls_ca_file: None,
             tls_server_name: None,
+            xclient: true,
+            probe_interval: Duration::from_secs(10),
         }
     }
 }
@@ -710,6 +757,7 @@ impl Config {
         positive("upstream.connect_timeout", !self.upstream.connect_timeout.is_zero())?;
         positive("upstream.command_timeout", !self.upstream.command_timeout.is_zero())?;
         positive("upstream.data_timeout", !self.upstream.data_timeout.is_zero())?;
+        positive("upstream.probe_interval", !self.upstream.probe_interval.is_zero())?;
         if self.limits.max_line_length < 1000 {
             return Err("field `limits.max_line_length`: must be at least 1000 (RFC 5321 §4.5.3.1.6)".into());
         }
@@ -804,6 +852,16 @@ mod tests {
             "smtp://mx.example".parse::<UpstreamUrl>().unwrap(),
             UpstreamUrl::Smtp { host: "mx.example".into(), port: 25 }
         );
+    }
+
+    #[test]
+    fn relay_domains() {
+        let c = Config::parse("[relay]\naccept_domains = [\"example.org\", \"*.example.net\"]\n").unwrap();
+        assert!(c.relay.accepts("EXAMPLE.org"));
+        assert!(!c.relay.accepts("sub.example.org"));
+        assert!(c.relay.accepts("mx.example.net"));
+        assert!(!c.relay.accepts("example.net"));
+        assert!(!c.relay.accepts("badexample.net"));
     }
 
     #[test]

@@ -207,6 +207,26 @@ pub fn ready_to_start_tls() -> Reply {
     r(220, (2, 0, 0), "Ready to start TLS")
 }
 
+pub fn xforward_not_authorized() -> Reply {
+    r(550, (5, 7, 0), "Error: insufficient authorization")
+}
+
+pub fn relay_denied() -> Reply {
+    r(554, (5, 7, 1), "Relay access denied")
+}
+
+pub fn upstream_cannot_take_8bit() -> Reply {
+    r(554, (5, 6, 3), "The upstream does not accept 8-bit data")
+}
+
+pub fn upstream_cannot_take_utf8() -> Reply {
+    r(553, (5, 6, 7), "The upstream does not accept SMTPUTF8")
+}
+
+pub fn too_big_for_upstream() -> Reply {
+    r(552, (5, 3, 4), "Message size exceeds the upstream's limit")
+}
+
 pub fn tls_already_active() -> Reply {
     r(503, (5, 5, 1), "TLS already active")
 }
@@ -302,6 +322,11 @@ mod tests {
             upstream_tls_failed(),
             ready_to_start_tls(),
             tls_already_active(),
+            xforward_not_authorized(),
+            relay_denied(),
+            upstream_cannot_take_8bit(),
+            upstream_cannot_take_utf8(),
+            too_big_for_upstream(),
             tls_not_available(),
             authenticated(),
             authentication_required(),

@@ -202,10 +202,12 @@ pub async fn run_listeners(
                 mode: l.config.mode,
                 chain,
                 allow_plaintext_auth: l.config.allow_plaintext_auth,
+                xforward_from: l.config.xforward_from.clone(),
             });
             (context, l.config.max_connections.map(|n| Arc::new(Semaphore::new(n))))
         })
         .collect();
+    upstream.watch(config.upstream.probe_interval);
     let ctx = Arc::new(SessionContext::new(config, upstream, signal, chain, quarantine, auth, Some(tls.clone())));
 
     // One accept task per listener, all feeding this loop.

@@ -202,10 +202,43 @@ async fn xforward_tells_the_upstream_about_the_real_client() {
         let commands = up.commands();
         let mail = commands.iter().position(|l| l.starts_with("MAIL FROM:")).unwrap();
         assert!(
-            commands[mail - 1].starts_with("XFORWARD ADDR=127.0.0.1 PORT=")
+            commands[mail - 1].starts_with("XFORWARD NAME=[UNAVAILABLE] ADDR=127.0.0.1 PORT=")
                 && commands[mail - 1].ends_with(" HELO=client.example PROTO=ESMTP"),
             "{commands:?}"
         );
         assert_eq!(up.messages().len(), 1);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xclient_names_the_client_and_binds_the_connection_to_it() {
+    let dns = crate::support::dns::TestDns::start().await;
+    let extensions = vec!["PIPELINING", "XCLIENT NAME ADDR PORT PROTO HELO LOGIN", "XFORWARD NAME ADDR PROTO HELO"];
+    let up = Recorder::start(Script { extensions: Some(extensions), ..Script::default() }).await;
+    let mut config = wasmtp::Config::parse(MT).unwrap();
+    config.auth.enabled = true;
+    config.auth.nameservers = vec![dns.addr];
+    let proxy = TestProxy::start_pooled(config, &up.url()).await;
+    for _ in 0..2 {
+        // From 127.0.0.1, whose PTR name (localhost) verifies.
+        let mut c = proxy.client().await;
+        c.greet().await;
+        let body = stuff(b"Subject: x\r\n\r\nx\r\n");
+        assert_eq!(c.send_mail("a@example.org", &["b@example.net"], &body).await.code, 250);
+        c.cmd("QUIT", 221).await;
+        c.closed().await;
+    }
+    proxy.stop().await;
+    let commands = up.commands();
+    let xclient: Vec<_> = commands.iter().filter(|l| l.starts_with("XCLIENT")).collect();
+    assert_eq!(xclient.len(), 2, "{commands:?}");
+    assert!(
+        xclient[0].starts_with("XCLIENT NAME=localhost HELO=client.example PROTO=ESMTP ADDR=127.0.0.1 PORT="),
+        "{commands:?}"
+    );
+    let after = commands.iter().position(|l| l.starts_with("XCLIENT")).unwrap();
+    assert_eq!(commands[after + 1], "EHLO client.example", "EHLO again, with the client's name");
+    assert!(!commands.iter().any(|l| l.starts_with("XFORWARD")), "XCLIENT instead of XFORWARD: {commands:?}");
+    // Bound to its session: each session had a connection of its own (plus the start-up probe).
+    assert_eq!(up.connections(), 3, "{commands:?}");
 }

@@ -228,7 +228,7 @@ async fn check_config_names_the_file_and_the_field() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml") && err.contains("limits.max_recipients") && err.contains("line 2"), "{err}");
 
-    for example in ["quickstart.toml", "in-front-of-postfix.toml"] {
+    for example in ["quickstart.toml", "in-front-of-postfix.toml", "postfix-proxy-filter.toml"] {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/").to_string() + example;
         let out = Command::new(env!("CARGO_BIN_EXE_wasmtp"))
             .args(["check-config", "--no-plugins"])

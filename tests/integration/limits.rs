@@ -129,3 +129,29 @@ async fn a_line_above_the_cap_is_refused_not_split() {
     assert!(up.messages().is_empty());
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_control_of_its_own() {
+    let up = Recorder::start(Script::default()).await;
+    let mut config = wasmtp::Config::default();
+    config.relay.accept_domains = vec!["example.org".into(), "*.example.net".into()];
+    config.relay.relay_networks = vec!["127.0.0.5/32".parse().unwrap()];
+    let proxy = TestProxy::start_with(config, &up.url()).await;
+    let mut c = proxy.client().await;
+    c.greet().await;
+    c.cmd("MAIL FROM:<a@example.org>", 250).await;
+    c.cmd("RCPT TO:<b@EXAMPLE.org>", 250).await;
+    c.cmd("RCPT TO:<c@mx.example.net>", 250).await;
+    c.cmd("RCPT TO:<Postmaster>", 250).await;
+    let r = c.cmd("RCPT TO:<x@elsewhere.example>", 554).await;
+    assert_eq!(r.lines, ["554 5.7.1 Relay access denied"]);
+    c.cmd("QUIT", 221).await;
+    let mut trusted = Client::connect_from(proxy.addr, "127.0.0.5".parse().unwrap()).await;
+    trusted.greet().await;
+    trusted.cmd("MAIL FROM:<a@example.org>", 250).await;
+    trusted.cmd("RCPT TO:<x@elsewhere.example>", 250).await;
+    trusted.cmd("QUIT", 221).await;
+    proxy.stop().await;
+    let relayed = up.commands().iter().filter(|l| l.contains("elsewhere")).count();
+    assert_eq!(relayed, 1, "only the trusted client's recipient reached the upstream");
+}

@@ -215,3 +215,74 @@ async fn upstream_connections_are_reused_across_sessions() {
     up.all_closed().await;
     assert_eq!(up.commands().last().map(String::as_str), Some("QUIT"), "pooled connections get QUIT at shutdown");
 }
+
+/// What the client was promised is checked against the connection that carries the
+/// transaction: an upstream that drops 8BITMIME and SMTPUTF8 and lowers SIZE never gets raw
+/// 8-bit data, a UTF-8 envelope or an oversized message, on a pooled or on a fresh connection,
+/// and EHLO replies follow it within a probe interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capabilities_follow_the_connection_that_carries_the_transaction() {
+    for pooled in [true, false] {
+        let up = Recorder::start(Script::default()).await;
+        let mut config = wasmtp::Config::parse(FAST).unwrap();
+        config.upstream.probe_interval = Duration::from_millis(100);
+        let proxy = if pooled {
+            TestProxy::start_pooled(config, &up.url()).await
+        } else {
+            TestProxy::start_with(config, &up.url()).await
+        };
+        let eight_bit = stuff("Subject: caf\u{e9}\r\n\r\ncr\u{e8}me br\u{fb}l\u{e9}e\r\n".as_bytes());
+        let mut c = proxy.client().await;
+        c.greet().await;
+        c.cmd("MAIL FROM:<a@example.org> BODY=8BITMIME", 250).await;
+        c.cmd("RCPT TO:<b@example.org>", 250).await;
+        c.cmd("DATA", 354).await;
+        c.send(&eight_bit).await;
+        c.expect(250).await;
+        c.cmd("QUIT", 221).await;
+        c.closed().await;
+
+        up.set_extensions(vec!["PIPELINING", "SIZE 1000", "ENHANCEDSTATUSCODES"]);
+        let mut c = proxy.client().await;
+        c.greet().await;
+        let r = c.cmd("MAIL FROM:<a@example.org> BODY=8BITMIME", 554).await;
+        assert_eq!(r.lines, ["554 5.6.3 The upstream does not accept 8-bit data"], "pooled={pooled}");
+        // The EHLO above promised SMTPUTF8 and a large SIZE: the connection decides.
+        let r = c.cmd("MAIL FROM:<a@example.org> SMTPUTF8", 553).await;
+        assert_eq!(r.lines, ["553 5.6.7 The upstream does not accept SMTPUTF8"]);
+        let r = c.cmd("MAIL FROM:<a@example.org> SIZE=5000", 552).await;
+        assert_eq!(r.lines, ["552 5.3.4 Message size exceeds the upstream's limit"]);
+        // No SIZE given: refused at the end of data, never a 250.
+        c.cmd("MAIL FROM:<a@example.org>", 250).await;
+        c.cmd("RCPT TO:<b@example.org>", 250).await;
+        c.cmd("DATA", 354).await;
+        c.send(stuff(&sample_message(4000))).await;
+        let r = c.expect(552).await;
+        assert_eq!(r.lines, ["552 5.3.4 Message size exceeds the upstream's limit"]);
+        // 8-bit data without BODY=8BITMIME: refused, never sent raw.
+        c.cmd("MAIL FROM:<a@example.org>", 250).await;
+        c.cmd("RCPT TO:<b@example.org>", 250).await;
+        c.cmd("DATA", 354).await;
+        c.send(&eight_bit).await;
+        c.expect(554).await;
+        c.cmd("QUIT", 221).await;
+        c.closed().await;
+        assert_eq!(up.messages().len(), 1, "pooled={pooled}: only the first message reached the upstream");
+        assert!(!up.commands().iter().any(|l| l.starts_with("MAIL") && l.contains("SMTPUTF8")));
+
+        // Within a probe interval, EHLO advertises the upstream's new SIZE.
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let mut c = proxy.client().await;
+            let ehlo = c.greet().await;
+            c.cmd("QUIT", 221).await;
+            if ehlo.lines.iter().any(|l| l.ends_with("SIZE 1000")) {
+                assert!(!ehlo.lines.iter().any(|l| l.ends_with("8BITMIME") || l.ends_with("SMTPUTF8")), "{ehlo:?}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "EHLO still promises the old limits: {ehlo:?}");
+            up.saw_command("EHLO").await;
+        }
+        proxy.stop().await;
+    }
+}

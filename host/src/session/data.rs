@@ -22,6 +22,8 @@ enum Received {
         faults: Faults,
         spool_error: Option<std::io::Error>,
         size: u64,
+        /// Some octet is outside ASCII.
+        eight_bit: bool,
     },
     /// The client went away or stopped sending: there is nobody to answer.
     ClientGone,
@@ -66,7 +68,10 @@ impl Session {
         let mut txn = self.transaction.take().expect("checked above");
         self.io.shrink_input();
         let (mut message, faults, spool_error, size) = match received {
-            Received::Complete { message, faults, spool_error, size } => (message, faults, spool_error, size),
+            Received::Complete { message, faults, spool_error, size, eight_bit } => {
+                txn.eight_bit = eight_bit;
+                (message, faults, spool_error, size)
+            }
             Received::ClientGone => {
                 self.end_transaction(txn, Ending::Abandoned("client left during DATA")).await;
                 return Flow::Close;
@@ -105,6 +110,7 @@ impl Session {
 
     fn trace_header(&self, txn: &Transaction) -> String {
         let helo = self.helo.as_ref().expect("MAIL needs HELO");
+        let helo_name = self.client_helo().unwrap_or(&helo.name);
         // RFC 3848 and RFC 6531: S for TLS, A for an authenticated client.
         let base = match (helo.esmtp, txn.mail.smtputf8) {
             (_, true) => "UTF8SMTP",
@@ -121,8 +127,8 @@ impl Session {
             _ => None,
         };
         received_header(&TraceInfo {
-            helo: &helo.name,
-            client_ip: self.peer.ip(),
+            helo: helo_name,
+            client_ip: self.client_addr().ip(),
             hostname: &self.ctx.hostname,
             protocol: &protocol,
             tls: tls.as_deref(),
@@ -145,10 +151,12 @@ impl Session {
         let min_rate = config.timeouts.min_data_rate.bytes();
         let started = TokioInstant::now();
         let mut content = Vec::with_capacity(DATA_READ);
+        let mut eight_bit = false;
         loop {
             if !self.io.input.is_empty() {
                 let fed = receiver.feed(&self.io.input, &mut content);
                 let _ = self.io.input.split_to(fed.consumed);
+                eight_bit = eight_bit || !content.is_ascii();
                 if spool_error.is_none()
                     && let Err(err) = message.append(&content).await
                 {
@@ -163,6 +171,7 @@ impl Session {
                         faults: receiver.faults(),
                         spool_error,
                         size,
+                        eight_bit,
                     };
                 }
             }

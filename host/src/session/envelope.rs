@@ -86,6 +86,31 @@ impl Session {
         }
         mail.sender = state.sender;
 
+        // What the client was promised is checked against the connection that will carry
+        // the transaction: the upstream may have changed since (a restart, a reload).
+        let caps = match self.upstream.connection_capabilities().await {
+            Ok(caps) => caps,
+            Err(err) => {
+                tracing::warn!(error = %err, sender = %mail.sender, "upstream failed at MAIL");
+                self.reply(err.client_reply());
+                return Flow::Continue;
+            }
+        };
+        let refusal = if mail.size.is_some_and(|size| caps.size.is_some_and(|max| size > max)) {
+            Some(replies::too_big_for_upstream())
+        } else if mail.body == Some(Body::EightBitMime) && !caps.eight_bit_mime {
+            Some(replies::upstream_cannot_take_8bit())
+        } else if mail.smtputf8 && !caps.smtputf8 {
+            Some(replies::upstream_cannot_take_utf8())
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            tracing::info!(sender = %mail.sender, reply = %refusal, "the upstream connection cannot carry this transaction");
+            self.reply(refusal);
+            return Flow::Continue;
+        }
+
         let reply = match self.upstream.mail(&Sender::from(&mail)).await {
             Ok(reply) => reply,
             Err(err) => {
@@ -108,7 +133,7 @@ impl Session {
     async fn authenticate_sender(&mut self, mail: &MailFrom) -> Option<crate::auth::Spf> {
         let auth = self.ctx.auth.clone()?;
         let helo = self.helo.as_ref().map_or(String::new(), |h| h.name.clone());
-        let ip = self.peer.ip();
+        let ip = self.client_addr().ip();
         if self.spf_helo.as_ref().is_none_or(|(name, _)| *name != helo) {
             self.spf_helo = auth.spf_helo(ip, &helo).await.map(|spf| (helo.clone(), spf));
         }
@@ -140,6 +165,11 @@ impl Session {
             self.reply(replies::too_many_recipients());
             return Flow::Continue;
         }
+        if !self.may_relay_to(&rcpt.recipient) {
+            tracing::info!(recipient = %rcpt.recipient, "relay refused");
+            self.reply(replies::relay_denied());
+            return Flow::Continue;
+        }
 
         let mut state =
             RcptState::new(txn.mail.sender.clone(), txn.recipients.clone(), rcpt.recipient.clone(), txn.mail.smtputf8);
@@ -159,6 +189,20 @@ impl Session {
         let reply = self.relay_recipients(txn, relay).await;
         self.reply(reply);
         Flow::Continue
+    }
+
+    /// Relay control of the proxy's own (`[relay]`): off while no domains are listed.
+    fn may_relay_to(&self, recipient: &Mailbox) -> bool {
+        let relay = &self.ctx.config.relay;
+        if relay.accept_domains.is_empty() || self.authenticated_as.is_some() {
+            return true;
+        }
+        let ip = self.client_addr().ip();
+        if relay.relay_networks.iter().any(|net| net.contains(&ip)) {
+            return true;
+        }
+        // Postmaster, without a domain, is always ours (RFC 5321 §4.5.1).
+        recipient.as_str().rsplit_once('@').is_none_or(|(_, domain)| relay.accepts(domain))
     }
 
     /// Relays each recipient upstream. The client hears the first refusal if there is one (so

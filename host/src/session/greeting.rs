@@ -41,6 +41,9 @@ impl Session {
         if self.offers_starttls() {
             lines.push("STARTTLS".into());
         }
+        if self.xforward_trusted() {
+            lines.push("XFORWARD NAME ADDR PORT PROTO HELO IDENT SOURCE".into());
+        }
         if self.offers_auth() {
             let mechanisms = caps.auth_mechanisms();
             if !mechanisms.is_empty() {

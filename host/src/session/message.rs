@@ -40,6 +40,9 @@ impl Session {
         let auth = self.ctx.auth.clone();
         if !self.listener.chain.wants(Stage::Data) && auth.is_none() {
             let mut out = Outgoing::unchanged(trace.into_bytes(), message);
+            if let Some(refusal) = self.cannot_carry(txn.eight_bit, &out) {
+                return refusal;
+            }
             return Answer::reply(self.relay(&mut out).await);
         }
         let phases = async {
@@ -71,7 +74,7 @@ impl Session {
         let raw = message.view().await.map_err(cannot_read)?;
         let helo = self.helo.as_ref().map_or("", |h| h.name.as_str());
         let earlier = EarlierChecks {
-            client_ip: self.peer.ip(),
+            client_ip: self.client_addr().ip(),
             helo,
             mail_from: txn.mail.sender.as_str(),
             iprev: self.iprev.as_ref(),
@@ -124,6 +127,10 @@ impl Session {
             tracing::info!(%plugin, %reason, %reply, "message quarantined");
             return Answer::reply(reply);
         }
+        let eight_bit = txn.eight_bit || state.replaced_body.as_ref().is_some_and(|b| !b.is_ascii());
+        if let Some(refusal) = self.cannot_carry(eight_bit, out) {
+            return refusal;
+        }
         if state.envelope_changed {
             tracing::info!(sender = %state.sender, recipients = ?state.recipients, "envelope changed by plugins: replaying upstream");
             match self.upstream.replay(&sender, &state.recipients).await {
@@ -136,6 +143,21 @@ impl Session {
             }
         }
         Answer::reply(self.relay(out).await)
+    }
+
+    /// The connection carrying the transaction must take the message as it is: never raw 8-bit
+    /// to an upstream without 8BITMIME, never more than its SIZE.
+    fn cannot_carry(&self, eight_bit: bool, out: &Outgoing<'_>) -> Option<Answer> {
+        let caps = self.upstream.current_capabilities();
+        if eight_bit && !caps.eight_bit_mime {
+            tracing::info!("8-bit message refused: the upstream does not offer 8BITMIME");
+            return Some(Answer::reply(replies::upstream_cannot_take_8bit()));
+        }
+        if caps.size.is_some_and(|max| out.len() > max) {
+            tracing::info!(size = out.len(), "message over the upstream's SIZE");
+            return Some(Answer::reply(replies::too_big_for_upstream()));
+        }
+        None
     }
 
     /// Sends the message upstream and returns the upstream's final reply (or a 4xx).

@@ -16,6 +16,7 @@ mod misc;
 mod submission;
 mod tls;
 mod transaction;
+mod xforward;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -69,6 +70,8 @@ pub struct ListenerContext {
     pub chain: Arc<Chain>,
     /// AUTH without TLS for clients on loopback addresses (submission only).
     pub allow_plaintext_auth: bool,
+    /// Clients whose XFORWARD is believed (a Postfix `smtpd_proxy_filter` in front).
+    pub xforward_from: Vec<ipnet::IpNet>,
 }
 
 impl SessionContext {
@@ -164,12 +167,21 @@ pub struct Session {
     auth_failures: u32,
     /// The session notes as the connect stage left them: what STARTTLS returns to.
     notes_at_greeting: Notes,
+    /// The client as a trusted XFORWARD described it (Postfix in front of the proxy).
+    forwarded: Option<xforward::Forwarded>,
 }
 
 /// Runs a session on an accepted connection until it ends.
 pub async fn run(stream: TcpStream, peer: SocketAddr, listener: Arc<ListenerContext>, ctx: Arc<SessionContext>) {
     let _ = stream.set_nodelay(true);
-    let client = ClientInfo { ip: peer.ip(), port: peer.port(), helo: None, esmtp: false };
+    let client = ClientInfo {
+        ip: peer.ip(),
+        port: peer.port(),
+        name: None,
+        helo: None,
+        esmtp: false,
+        local: stream.local_addr().ok(),
+    };
     let upstream = ctx.upstream.session(client, listener.mode.submission());
     let max_size = ctx.config.limits.max_message_size.bytes();
     let mut session = Session {
@@ -192,6 +204,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, listener: Arc<ListenerCont
         authenticated_as: None,
         auth_failures: 0,
         notes_at_greeting: Notes::default(),
+        forwarded: None,
         ctx,
     };
     let span = tracing::info_span!("session", id = %session.id, client = %peer);
@@ -220,15 +233,15 @@ impl Session {
 
     /// The connection facts plugins see at this point of the session.
     fn facts(&self, txn: Option<&Transaction>) -> Connection {
-        let mut conn = Connection::new(self.id.clone(), self.peer);
-        conn.helo = self.helo.as_ref().map(|h| h.name.clone());
+        let mut conn = Connection::new(self.id.clone(), self.client_addr());
+        conn.helo = self.client_helo().map(String::from);
         conn.tls = self.tls.as_ref().map(|t| TlsInfo {
             version: t.version.clone(),
             cipher: t.cipher.clone(),
             sni: t.sni.clone(),
         });
         conn.authenticated_as = self.authenticated_as.clone();
-        conn.client_name = self.iprev.as_ref().and_then(|i| i.check.verified_name()).map(String::from);
+        conn.client_name = self.client_name();
         let message = txn.and_then(|t| t.message_auth.as_ref());
         conn.auth = AuthResults {
             iprev: self.iprev.as_ref().map(|i| i.check.clone()),
@@ -255,6 +268,8 @@ impl Session {
     async fn greet(&mut self) -> Flow {
         if let Some(auth) = self.ctx.auth.clone() {
             self.iprev = auth.iprev(self.peer.ip()).await;
+            let name = self.client_name();
+            self.upstream.set_client(|client| client.name = name);
         }
         match self.run_session_stage(&mut ConnectState).await {
             Outcome::Continue => {
@@ -329,6 +344,7 @@ impl Session {
             Command::Vrfy => self.vrfy(),
             Command::StartTls => self.starttls().await,
             Command::Auth(start) => self.auth(start).await,
+            Command::Xforward(attributes) => self.xforward(&attributes),
             Command::Expn | Command::Bdat => self.not_implemented(&cmd),
         }
     }

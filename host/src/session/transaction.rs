@@ -25,6 +25,8 @@ pub(super) struct Transaction {
     pub spf_mail: Option<Spf>,
     /// DKIM, ARC and DMARC of the received message, and our `Authentication-Results:` header.
     pub message_auth: Option<MessageChecks>,
+    /// The received message holds octets outside ASCII.
+    pub eight_bit: bool,
 }
 
 impl Transaction {
@@ -37,6 +39,7 @@ impl Transaction {
             notes: Notes::default(),
             spf_mail,
             message_auth: None,
+            eight_bit: false,
         }
     }
 }

@@ -24,6 +24,8 @@ pub enum Command {
     StartTls,
     /// `AUTH mechanism [initial-response]` (RFC 4954).
     Auth(AuthStart),
+    /// `XFORWARD attribute=value ...` (Postfix's XFORWARD_README), as given.
+    Xforward(String),
 }
 
 /// The start of an AUTH exchange.
@@ -89,6 +91,7 @@ impl Command {
             Command::Bdat => "BDAT",
             Command::StartTls => "STARTTLS",
             Command::Auth(_) => "AUTH",
+            Command::Xforward(_) => "XFORWARD",
         }
     }
 }
@@ -162,6 +165,8 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
         "BDAT" => Ok(Command::Bdat),
         "STARTTLS" => no_args(Command::StartTls),
         "AUTH" => parse_auth(args).map(Command::Auth),
+        "XFORWARD" if !args.trim().is_empty() => Ok(Command::Xforward(args.trim().to_string())),
+        "XFORWARD" => Err(ParseError::Usage("XFORWARD attribute=value ...")),
         _ => Err(ParseError::Unknown),
     }
 }

@@ -78,6 +78,9 @@ pub(super) struct Connection {
     pub caps: Capabilities,
     /// The TLS session, after STARTTLS.
     pub tls: Option<Negotiated>,
+    /// XCLIENT told the upstream who the client is: the connection belongs to that session
+    /// and is never pooled (Postfix accepts no second identity on it).
+    pub bound: bool,
 }
 
 impl Connection {
@@ -93,6 +96,7 @@ impl Connection {
             io: BufReader::with_capacity(16 << 10, Stream::Plain(stream)),
             caps: Capabilities::UNKNOWN,
             tls: None,
+            bound: false,
         })
     }
 

@@ -33,9 +33,26 @@ pub struct Capabilities {
     pub pipelining: bool,
     pub starttls: bool,
     pub xforward: bool,
+    /// Postfix's XCLIENT and the attributes it accepts.
+    pub xclient: Xclient,
     /// The SASL mechanisms the proxy can relay (RFC 4954), as the upstream offers them.
     pub auth_plain: bool,
     pub auth_login: bool,
+}
+
+/// The XCLIENT attributes an upstream lists (Postfix's XCLIENT_README); all false when it does
+/// not offer XCLIENT.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Xclient {
+    pub offered: bool,
+    pub addr: bool,
+    pub port: bool,
+    pub name: bool,
+    pub helo: bool,
+    pub proto: bool,
+    pub login: bool,
+    pub destaddr: bool,
+    pub destport: bool,
 }
 
 impl Capabilities {
@@ -48,6 +65,17 @@ impl Capabilities {
         pipelining: false,
         starttls: false,
         xforward: false,
+        xclient: Xclient {
+            offered: false,
+            addr: false,
+            port: false,
+            name: false,
+            helo: false,
+            proto: false,
+            login: false,
+            destaddr: false,
+            destport: false,
+        },
         auth_plain: false,
         auth_login: false,
     };
@@ -80,6 +108,7 @@ impl fmt::Display for Capabilities {
             (self.pipelining, "pipelining"),
             (self.starttls, "starttls"),
             (self.xforward, "xforward"),
+            (self.xclient.offered, "xclient"),
         ] {
             if on {
                 write!(f, " {name}")?;
@@ -107,6 +136,7 @@ pub enum Stage {
     Quit,
     StartTls,
     Auth,
+    Xclient,
 }
 
 impl fmt::Display for Stage {
@@ -123,6 +153,7 @@ impl fmt::Display for Stage {
             Stage::Quit => "QUIT",
             Stage::StartTls => "STARTTLS",
             Stage::Auth => "AUTH",
+            Stage::Xclient => "XCLIENT",
         })
     }
 }
@@ -173,13 +204,17 @@ impl UpstreamError {
     }
 }
 
-/// Facts about the client that an upstream may want (XFORWARD, trace headers).
+/// Facts about the client that an upstream may want (XCLIENT, XFORWARD).
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
     pub ip: IpAddr,
     pub port: u16,
+    /// The client's host name, when iprev verified it (or a trusted XFORWARD said it).
+    pub name: Option<String>,
     pub helo: Option<String>,
     pub esmtp: bool,
+    /// The address the client connected to.
+    pub local: Option<std::net::SocketAddr>,
 }
 
 /// The target all sessions share: built once from the configuration.
@@ -202,7 +237,7 @@ impl UpstreamTarget {
     /// session's connection is opened for it alone and never pooled.
     pub fn session(&self, client: ClientInfo, dedicated: bool) -> Upstream {
         match self {
-            Self::Smtp(target) => Upstream::Smtp(smtp::SmtpRelay::new(target.clone(), client, dedicated)),
+            Self::Smtp(target) => Upstream::Smtp(Box::new(smtp::SmtpRelay::new(target.clone(), client, dedicated))),
             Self::Maildir(maildir) => Upstream::Maildir(maildir::MaildirSession::new(maildir.clone())),
         }
     }
@@ -211,6 +246,25 @@ impl UpstreamTarget {
     pub async fn close_idle(&self) {
         if let Self::Smtp(target) = self {
             target.close_idle().await;
+        }
+    }
+
+    /// Probes the upstream every `interval` from now on (SMTP only): what its EHLO offers is
+    /// what EHLO replies to clients promise, and pooled connections are dropped when it changes.
+    pub fn watch(&self, interval: std::time::Duration) {
+        if let Self::Smtp(target) = self {
+            let target = target.clone();
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(interval);
+                ticks.tick().await;
+                loop {
+                    ticks.tick().await;
+                    if Arc::strong_count(&target) == 1 {
+                        return;
+                    }
+                    target.refresh().await;
+                }
+            });
         }
     }
 
@@ -227,7 +281,7 @@ impl UpstreamTarget {
 /// One session's upstream.
 #[derive(Debug)]
 pub enum Upstream {
-    Smtp(smtp::SmtpRelay),
+    Smtp(Box<smtp::SmtpRelay>),
     Maildir(maildir::MaildirSession),
 }
 
@@ -256,10 +310,28 @@ impl Upstream {
         }
     }
 
-    /// Tells the upstream the client's HELO name (kept for XFORWARD).
+    /// Tells the upstream the client's HELO name (kept for XCLIENT and XFORWARD).
     pub fn set_helo(&mut self, helo: &str, esmtp: bool) {
         if let Self::Smtp(relay) = self {
-            relay.set_helo(helo, esmtp);
+            relay.client.helo = Some(helo.to_string());
+            relay.client.esmtp = esmtp;
+        }
+    }
+
+    /// Tells the upstream who the client is, when that is learned after connecting (iprev, or
+    /// a trusted XFORWARD).
+    pub fn set_client(&mut self, update: impl FnOnce(&mut ClientInfo)) {
+        if let Self::Smtp(relay) = self {
+            update(&mut relay.client);
+        }
+    }
+
+    /// The capabilities of this session's current upstream connection, if it has one (what the
+    /// transaction is carried on), else what the upstream announced last.
+    pub fn current_capabilities(&self) -> Capabilities {
+        match self {
+            Self::Smtp(relay) => relay.current_capabilities(),
+            Self::Maildir(_) => Capabilities::LOCAL,
         }
     }
 

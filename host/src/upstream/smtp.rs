@@ -31,6 +31,8 @@ pub struct SmtpTarget {
     data_timeout: Duration,
     tls_mode: UpstreamTls,
     tls: Option<UpstreamTlsClient>,
+    /// Tell the upstream who the client is with XCLIENT when it offers it.
+    xclient: bool,
     known: RwLock<Option<Capabilities>>,
     /// Idle connections kept for the next session (after a completed or reset transaction).
     pool: Mutex<Vec<(Connection, Instant)>>,
@@ -49,6 +51,7 @@ impl SmtpTarget {
             data_timeout: up.data_timeout,
             tls_mode: up.tls,
             tls,
+            xclient: up.xclient,
             known: RwLock::new(None),
             pool: Mutex::new(Vec::new()),
             pool_size: up.pool_size,
@@ -91,17 +94,23 @@ impl SmtpTarget {
             }
             _ => {}
         }
-        *self.known.write().unwrap_or_else(|e| e.into_inner()) = Some(conn.caps);
+        self.learned(conn.caps);
         Ok(conn)
     }
 
     async fn ehlo(&self, conn: &mut Connection) -> Result<(), UpstreamError> {
-        let ehlo = conn.command(&format!("EHLO {}", self.helo_name), Stage::Ehlo, self.command_timeout).await?;
+        self.ehlo_as(conn, &self.helo_name).await
+    }
+
+    /// EHLO (HELO if EHLO is refused) with `name`; the connection's capabilities are what the
+    /// reply offers.
+    async fn ehlo_as(&self, conn: &mut Connection, name: &str) -> Result<(), UpstreamError> {
+        let ehlo = conn.command(&format!("EHLO {name}"), Stage::Ehlo, self.command_timeout).await?;
         if ehlo.is_positive() {
             conn.caps = parse_ehlo(&ehlo);
             return Ok(());
         }
-        let helo = conn.command(&format!("HELO {}", self.helo_name), Stage::Ehlo, self.command_timeout).await?;
+        let helo = conn.command(&format!("HELO {name}"), Stage::Ehlo, self.command_timeout).await?;
         if !helo.is_positive() {
             return Err(UpstreamError::Refused { stage: Stage::Ehlo, reply: helo });
         }
@@ -109,20 +118,45 @@ impl SmtpTarget {
         Ok(())
     }
 
-    /// An idle connection from the pool, if one is fresh enough and the upstream has neither
-    /// closed it nor sent anything on it while it was idle.
-    fn checkout(&self) -> Option<Connection> {
-        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((mut conn, since)) = pool.pop() {
+    /// An idle connection from the pool, if one is fresh enough, the upstream has neither
+    /// closed it nor sent anything on it while it was idle, and it answers a new EHLO — whose
+    /// reply, not the old one, says what the connection can carry now.
+    async fn checkout(&self) -> Option<Connection> {
+        loop {
+            let (mut conn, since) = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
             if since.elapsed() >= self.pool_idle {
                 continue;
             }
-            match conn.check_quiet(Stage::Mail) {
-                Ok(()) => return Some(conn),
+            if let Err(err) = conn.check_quiet(Stage::Ehlo) {
+                tracing::debug!(error = %err, "dropping a pooled upstream connection");
+                continue;
+            }
+            match self.ehlo(&mut conn).await {
+                Ok(()) => {
+                    self.learned(conn.caps);
+                    return Some(conn);
+                }
                 Err(err) => tracing::debug!(error = %err, "dropping a pooled upstream connection"),
             }
         }
-        None
+    }
+
+    /// Remembers the capabilities an EHLO just offered; when they changed, connections pooled
+    /// before may be on a server process with the old settings, so they are dropped.
+    fn learned(&self, caps: Capabilities) {
+        let old = self.known.write().unwrap_or_else(|e| e.into_inner()).replace(caps);
+        if old.is_some_and(|old| old != caps) {
+            tracing::info!(upstream = %self.addr(), caps = %caps, "upstream capabilities changed; pooled connections dropped");
+            self.pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+    }
+
+    /// Probes the upstream once (see [`super::UpstreamTarget::watch`]).
+    pub async fn refresh(&self) {
+        match self.connect().await {
+            Ok(mut conn) => conn.quit().await,
+            Err(err) => tracing::debug!(upstream = %self.addr(), error = %err, "upstream probe failed"),
+        }
     }
 
     /// Keeps an idle connection for a later session; gives it back when the pool is full.
@@ -169,6 +203,22 @@ fn parse_ehlo(reply: &Reply) -> Capabilities {
             "PIPELINING" => caps.pipelining = true,
             "STARTTLS" => caps.starttls = true,
             "XFORWARD" => caps.xforward = true,
+            "XCLIENT" => {
+                caps.xclient.offered = true;
+                for attribute in words {
+                    match attribute.to_ascii_uppercase().as_str() {
+                        "ADDR" => caps.xclient.addr = true,
+                        "PORT" => caps.xclient.port = true,
+                        "NAME" => caps.xclient.name = true,
+                        "HELO" => caps.xclient.helo = true,
+                        "PROTO" => caps.xclient.proto = true,
+                        "LOGIN" => caps.xclient.login = true,
+                        "DESTADDR" => caps.xclient.destaddr = true,
+                        "DESTPORT" => caps.xclient.destport = true,
+                        _ => {}
+                    }
+                }
+            }
             "AUTH" => {
                 for mechanism in words {
                     match mechanism.to_ascii_uppercase().as_str() {
@@ -191,10 +241,12 @@ async fn mail_on(
     client: &ClientInfo,
     limit: Duration,
 ) -> Result<Reply, UpstreamError> {
-    let xforward = conn.caps.xforward.then(|| {
+    // XFORWARD (Postfix's XFORWARD_README) when the connection was not told with XCLIENT.
+    let xforward = (conn.caps.xforward && !conn.bound).then(|| {
         let helo = client.helo.as_deref().unwrap_or("[UNAVAILABLE]");
         format!(
-            "XFORWARD ADDR={} PORT={} HELO={} PROTO={}",
+            "XFORWARD NAME={} ADDR={} PORT={} HELO={} PROTO={}",
+            xtext(client.name.as_deref().unwrap_or("[UNAVAILABLE]")),
             xtext(&client.ip.to_string()),
             client.port,
             xtext(helo),
@@ -241,7 +293,64 @@ async fn mail_on(
     Ok(reply)
 }
 
-/// `xtext` (RFC 3461 §4) for XFORWARD attribute values.
+/// Tells the upstream who the client is (Postfix's XCLIENT_README): the attributes it lists, in
+/// as few commands as fit in 512 octets, ADDR and PORT in the last (after ADDR changes, the
+/// upstream judges further XCLIENT commands by the new address). Each answer is a new 220
+/// greeting; then EHLO again with the client's own HELO name, which is what the upstream's
+/// Received: header shows. A refusal leaves the upstream judging the proxy itself (logged).
+async fn xclient(target: &SmtpTarget, conn: &mut Connection, client: &ClientInfo) -> Result<(), UpstreamError> {
+    let offered = conn.caps.xclient;
+    let mut first: Vec<String> = Vec::new();
+    if offered.name {
+        first.push(format!("NAME={}", xtext(client.name.as_deref().unwrap_or("[UNAVAILABLE]"))));
+    }
+    if offered.helo
+        && let Some(helo) = &client.helo
+    {
+        first.push(format!("HELO={}", xtext(helo)));
+    }
+    if offered.proto {
+        first.push(format!("PROTO={}", if client.esmtp { "ESMTP" } else { "SMTP" }));
+    }
+    if let Some(local) = client.local {
+        if offered.destaddr {
+            first.push(format!("DESTADDR={}", xclient_addr(local.ip())));
+        }
+        if offered.destport {
+            first.push(format!("DESTPORT={}", local.port()));
+        }
+    }
+    let mut last = Vec::new();
+    if offered.addr {
+        last.push(format!("ADDR={}", xclient_addr(client.ip)));
+    }
+    if offered.port {
+        last.push(format!("PORT={}", client.port));
+    }
+    let whole = first.iter().chain(&last).cloned().collect::<Vec<_>>().join(" ");
+    let commands =
+        if whole.len() + "XCLIENT \r\n".len() <= 512 { vec![whole] } else { vec![first.join(" "), last.join(" ")] };
+    conn.bound = true;
+    for attributes in commands.iter().filter(|a| !a.is_empty()) {
+        let reply = conn.command(&format!("XCLIENT {attributes}"), Stage::Xclient, target.command_timeout).await?;
+        if reply.code() != 220 {
+            tracing::warn!(%reply, "upstream refused XCLIENT; it sees the proxy as the client");
+            return Ok(());
+        }
+    }
+    let helo = client.helo.clone().unwrap_or_else(|| target.helo_name.clone());
+    target.ehlo_as(conn, &helo).await
+}
+
+/// An address as XCLIENT writes it: IPv6 with the `IPV6:` prefix.
+fn xclient_addr(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("IPV6:{v6}"),
+    }
+}
+
+/// `xtext` (RFC 3461 §4) for XFORWARD and XCLIENT attribute values.
 fn xtext(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
@@ -259,9 +368,7 @@ fn xtext(s: &str) -> String {
 pub struct SmtpRelay {
     target: Arc<SmtpTarget>,
     conn: Option<Connection>,
-    /// `conn` came from the pool and has not answered in this session yet.
-    reused: bool,
-    client: ClientInfo,
+    pub(super) client: ClientInfo,
     in_transaction: bool,
     /// The session's connection is its own: opened fresh, never pooled (an AUTH exchange
     /// binds it to the session's identity).
@@ -270,16 +377,11 @@ pub struct SmtpRelay {
 
 impl SmtpRelay {
     pub fn new(target: Arc<SmtpTarget>, client: ClientInfo, dedicated: bool) -> Self {
-        Self { target, conn: None, reused: false, client, in_transaction: false, dedicated }
+        Self { target, conn: None, client, in_transaction: false, dedicated }
     }
 
     pub fn describe(&self) -> String {
         format!("smtp://{}", self.target.addr())
-    }
-
-    pub fn set_helo(&mut self, helo: &str, esmtp: bool) {
-        self.client.helo = Some(helo.to_string());
-        self.client.esmtp = esmtp;
     }
 
     pub async fn capabilities(&mut self) -> Capabilities {
@@ -298,18 +400,31 @@ impl SmtpRelay {
         }
     }
 
+    /// The connection this session's commands go over: checked out of the pool (answering a
+    /// new EHLO) or opened, and — the first time the session uses it — told who the client is
+    /// with XCLIENT, which binds it to this session.
     async fn connection(&mut self) -> Result<&mut Connection, UpstreamError> {
         if self.conn.is_none() {
-            let pooled = if self.dedicated { None } else { self.target.checkout() };
-            self.conn = match pooled {
-                Some(conn) => {
-                    self.reused = true;
-                    Some(conn)
-                }
-                None => Some(self.target.connect().await?),
-            };
+            let pooled = if self.dedicated { None } else { self.target.checkout().await };
+            self.conn = Some(match pooled {
+                Some(conn) => conn,
+                None => self.target.connect().await?,
+            });
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        if !conn.bound && self.target.xclient && conn.caps.xclient.offered {
+            xclient(&self.target, conn, &self.client).await?;
         }
         Ok(self.conn.as_mut().expect("connected above"))
+    }
+
+    /// What the current connection can carry (or, before there is one, what the upstream
+    /// announced last).
+    pub fn current_capabilities(&self) -> Capabilities {
+        match &self.conn {
+            Some(conn) => conn.caps,
+            None => self.target.known_capabilities().unwrap_or(Capabilities::UNKNOWN),
+        }
     }
 
     /// A 421 means the upstream is closing its side: forget the connection and pass the reply
@@ -335,21 +450,10 @@ impl SmtpRelay {
     pub async fn mail(&mut self, sender: &Sender<'_>) -> Result<Reply, UpstreamError> {
         let timeout = self.target.command_timeout;
         let client = self.client.clone();
-        let mut result = match self.connection().await {
+        let result = match self.connection().await {
             Ok(conn) => mail_on(conn, sender, &client, timeout).await,
             Err(err) => Err(err),
         };
-        if std::mem::take(&mut self.reused)
-            && matches!(result, Err(UpstreamError::Closed(_) | UpstreamError::Io { .. }))
-        {
-            // A pooled connection the upstream closed while it was idle: try a fresh one.
-            self.conn = None;
-            result = match self.connection().await {
-                Ok(conn) => mail_on(conn, sender, &client, timeout).await,
-                Err(err) => Err(err),
-            };
-            self.reused = false;
-        }
         match result {
             Ok(reply) => {
                 self.in_transaction = reply.is_positive();
@@ -439,7 +543,9 @@ impl SmtpRelay {
     /// Ends this session's use of the upstream: a clean connection goes back to the pool for
     /// the next session, anything else gets QUIT.
     pub async fn quit(&mut self) {
-        let clean = !std::mem::take(&mut self.in_transaction) && !self.dedicated;
+        // A connection told about this client (XCLIENT) or used for its AUTH is its alone.
+        let bound = self.dedicated || self.conn.as_ref().is_some_and(|c| c.bound);
+        let clean = !std::mem::take(&mut self.in_transaction) && !bound;
         if let Some(conn) = self.conn.take() {
             let leftover = if clean { self.target.checkin(conn) } else { Some(conn) };
             if let Some(mut conn) = leftover {
@@ -495,6 +601,12 @@ mod tests {
                 ..Capabilities::UNKNOWN
             }
         );
+        let caps = parse_ehlo(&Reply::multiline(
+            250,
+            None,
+            vec!["x".into(), "XCLIENT NAME ADDR PROTO HELO REVERSE_NAME PORT LOGIN DESTADDR DESTPORT".into()],
+        ));
+        assert!(caps.xclient.offered && caps.xclient.addr && caps.xclient.destport && caps.xclient.login);
         let caps = parse_ehlo(&Reply::multiline(
             250,
             None,

@@ -59,7 +59,27 @@ impl TestProxy {
         Self::start_listeners(config, upstream, modes).await
     }
 
-    async fn start_listeners(mut config: wasmtp::Config, upstream: &str, modes: &[ListenerMode]) -> Self {
+    /// Starts the proxy with one `smtp` listener set up by `tweak` (no pooling).
+    pub async fn start_listener(
+        mut config: wasmtp::Config,
+        upstream: &str,
+        tweak: impl FnOnce(&mut ListenerConfig),
+    ) -> Self {
+        config.upstream.pool_size = 0;
+        Self::start_tweaked(config, upstream, &[ListenerMode::Smtp], tweak).await
+    }
+
+    async fn start_listeners(config: wasmtp::Config, upstream: &str, modes: &[ListenerMode]) -> Self {
+        Self::start_tweaked(config, upstream, modes, |_| {}).await
+    }
+
+    async fn start_tweaked(
+        mut config: wasmtp::Config,
+        upstream: &str,
+        modes: &[ListenerMode],
+        tweak: impl FnOnce(&mut ListenerConfig),
+    ) -> Self {
+        let mut tweak = Some(tweak);
         config.upstream.url = Some(upstream.parse().expect("upstream url"));
         if config.sandbox.cache_dir.is_none() {
             config.sandbox.cache_dir = Some(shared_compile_cache());
@@ -70,6 +90,9 @@ impl TestProxy {
             let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let mut listener = ListenerConfig::smtp(tcp.local_addr().unwrap());
             listener.mode = mode;
+            if let Some(tweak) = tweak.take() {
+                tweak(&mut listener);
+            }
             listeners.push(BoundListener { tcp, config: listener });
         }
         let addrs: Vec<_> = listeners.iter().map(|l| l.config.address).collect();

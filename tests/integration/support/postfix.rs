@@ -15,7 +15,9 @@ use super::{WAIT, free_port};
 pub const USER: &str = "alice";
 pub const PASSWORD: &str = "secret";
 /// A client address Postfix's `check_client_access` rejects.
-pub const BLOCKED_CLIENT: &str = "192.0.2.66";
+pub const BLOCKED_CLIENT: &str = "127.0.0.3";
+/// The one client address in Postfix's `mynetworks`: it may relay anywhere.
+pub const TRUSTED_CLIENT: &str = "127.0.0.2";
 
 /// Which listeners to run.
 #[derive(Debug, Clone, Default)]
@@ -25,13 +27,12 @@ pub struct Listeners {
     pub xclient: bool,
     /// Submission: SASL AUTH (PLAIN, LOGIN) without TLS, relaying only for authenticated clients.
     pub submission: bool,
-    /// `smtpd_proxy_filter` in front of a filter on this port, and the after-filter listener
-    /// the filter relays to (XFORWARD allowed, restrictions relaxed).
-    pub proxy_filter: Option<u16>,
+    /// `smtpd_proxy_filter` in front of a filter on the first port, and the after-filter
+    /// listener on the second, which the filter relays to (XFORWARD allowed, restrictions
+    /// relaxed).
+    pub proxy_filter: Option<(u16, u16)>,
 }
 
-// The XCLIENT and proxy-filter listeners are used by the tests of the Postfix recipes.
-#[allow(dead_code)]
 pub struct Postfix {
     pub dir: tempfile::TempDir,
     /// The XCLIENT listener's port (0 when not running).
@@ -59,7 +60,7 @@ impl Postfix {
         let port = |on: bool| if on { free_port() } else { 0 };
         let (xclient_port, submission_port) = (port(listeners.xclient), port(listeners.submission));
         let (proxy_in_port, after_filter_port) = match listeners.proxy_filter {
-            Some(_) => (free_port(), free_port()),
+            Some((_, after)) => (free_port(), after),
             None => (0, 0),
         };
         let p = d.display();
@@ -69,7 +70,7 @@ impl Postfix {
                 "compatibility_level = 3.6\nqueue_directory = {p}/spool\ndata_directory = {p}/data\n\
                  mail_owner = postfix\nsetgid_group = postdrop\ninet_interfaces = 127.0.0.1\ninet_protocols = all\n\
                  myhostname = mx.example.test\nmydomain = example.test\nmydestination =\nlocal_recipient_maps =\n\
-                 alias_maps =\nalias_database =\nmynetworks = 127.0.0.2/32\n\
+                 alias_maps =\nalias_database =\nmynetworks = {TRUSTED_CLIENT}/32\n\
                  smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination\n\
                  smtpd_client_restrictions = check_client_access texthash:{p}/etc/client_access\n\
                  maillog_file = {p}/postfix.log\nmaillog_file_prefixes = {p}\n\
@@ -121,7 +122,7 @@ impl Postfix {
                  -o smtpd_authorized_xclient_hosts=127.0.0.1\n"
             ));
         }
-        if let Some(filter) = listeners.proxy_filter {
+        if let Some((filter, _)) = listeners.proxy_filter {
             master.push_str(&format!(
                 "127.0.0.1:{proxy_in_port} inet n - n - 20 smtpd\n  -o syslog_name=postfix/beforefilter\n  \
                  -o smtpd_proxy_filter=127.0.0.1:{filter}\n  -o smtpd_proxy_ehlo=beforefilter.example.test\n  \
@@ -188,7 +189,6 @@ impl Postfix {
     }
 
     /// Waits until the private instance answers again on every port (after `start`).
-    #[allow(dead_code)]
     pub async fn wait_ready(&self) {
         for port in [self.xclient_port, self.submission_port, self.proxy_in_port, self.after_filter_port] {
             if port != 0 {

@@ -58,6 +58,8 @@ pub struct Message {
 
 #[derive(Debug, Default)]
 struct State {
+    /// EHLO keywords set by the test after start, replacing the script's.
+    extensions: Option<Vec<&'static str>>,
     commands: Vec<String>,
     messages: Vec<Message>,
     connections: usize,
@@ -137,6 +139,11 @@ impl Recorder {
         }
     }
 
+    /// From now on, EHLO offers these keywords (as an upstream reconfigured and reloaded).
+    pub fn set_extensions(&self, extensions: Vec<&'static str>) {
+        self.state.lock().unwrap().extensions = Some(extensions);
+    }
+
     /// Closes every open connection from the server side, as an upstream's idle timeout does.
     pub fn drop_connections(&self) {
         self.kick.send_modify(|n| *n += 1);
@@ -179,7 +186,8 @@ async fn serve(stream: tokio::net::TcpStream, script: &Script, r: &Recorder) -> 
         let ok = match verb.as_str() {
             "EHLO" => {
                 let default = vec!["PIPELINING", "SIZE 100000000", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"];
-                let mut ext = script.extensions.clone().unwrap_or(default);
+                let changed = r.state.lock().unwrap().extensions.clone();
+                let mut ext = changed.or_else(|| script.extensions.clone()).unwrap_or(default);
                 if script.auth.is_some() {
                     ext.push("AUTH PLAIN LOGIN");
                 }
@@ -250,6 +258,8 @@ async fn serve(stream: tokio::net::TcpStream, script: &Script, r: &Recorder) -> 
                 return Ok(());
             }
             "NOOP" | "XFORWARD" => respond(&mut stream, None, "250 2.0.0 Ok").await?,
+            // Postfix answers XCLIENT with a new greeting.
+            "XCLIENT" => respond(&mut stream, None, "220 recorder.test ESMTP").await?,
             "STARTTLS" if script.tls.is_some() && !tls => {
                 stream.write_all(b"220 2.0.0 Ready to start TLS\r\n").await?;
                 buf.clear();
