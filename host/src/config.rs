@@ -26,14 +26,24 @@ pub struct Config {
     pub auth: AuthConfig,
     pub tls: TlsConfig,
     pub relay: RelayConfig,
+    pub admin: AdminConfig,
     /// Where to listen; without any, one `smtp` listener on `server.listen`.
     pub listeners: Vec<ListenerConfig>,
     /// Filter plugins, run in this order at every stage they declare.
     pub plugins: Vec<PluginConfig>,
 }
 
+/// `[admin]`: the operator's HTTP endpoint — `/metrics` (Prometheus text), `/healthz`,
+/// `/readyz` and `POST /reload`. Off unless `listen` is set; keep it on loopback or a
+/// management network, since anyone who reaches it can trigger reloads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: Option<SocketAddr>,
+}
+
 /// One `[[listeners]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// `ip:port`; IPv6 as `[::]:25`.
@@ -165,8 +175,18 @@ pub enum UpstreamTls {
     Off,
 }
 
+impl UpstreamTls {
+    pub fn name(self) -> &'static str {
+        match self {
+            UpstreamTls::Opportunistic => "opportunistic",
+            UpstreamTls::Required => "required",
+            UpstreamTls::Off => "off",
+        }
+    }
+}
+
 /// `[server]`: where and how the proxy listens.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address of the one `smtp` listener when no `[[listeners]]` are configured
@@ -187,6 +207,14 @@ pub struct ServerConfig {
     /// Directory for messages larger than `limits.memory_buffer`; the system temp directory
     /// when unset. Spilled files are unlinked at creation, so nothing is left behind.
     pub spool_dir: Option<PathBuf>,
+    /// Run as this user once the listeners are bound (started as root to bind port 25); the
+    /// compile cache, spool directory and Maildirs are handed to it first.
+    pub user: Option<String>,
+    /// Run as this group; the user's primary group when unset.
+    pub group: Option<String>,
+    /// Write the process id here at start (for `wasmtp reload` and init scripts); removed at
+    /// exit.
+    pub pid_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -199,6 +227,9 @@ impl Default for ServerConfig {
             connection_limit_exempt: vec!["127.0.0.0/8".parse().expect("valid"), "::1/128".parse().expect("valid")],
             line_endings: LineEndings::Reject,
             spool_dir: None,
+            user: None,
+            group: None,
+            pid_file: None,
         }
     }
 }
@@ -260,7 +291,7 @@ impl Default for Timeouts {
 }
 
 /// `[upstream]`: where accepted mail goes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     /// `smtp://host:port` (lockstep relay) or `maildir:PATH` (embedded delivery). Unset means
@@ -320,6 +351,9 @@ impl Default for UpstreamConfig {
     }
 }
 
+/// The compile cache of a proxy that drops privileges, unless `sandbox.cache_dir` says otherwise.
+pub const SYSTEM_CACHE_DIR: &str = "/var/cache/wasmtp";
+
 /// `[sandbox]`: the plugin runtime shared by all plugins.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -330,8 +364,9 @@ pub struct SandboxConfig {
     /// as a `busy` fault, which does not feed the breaker.
     pub max_in_flight: u32,
     /// Where compiled plugins are cached, so a restart does not recompile them; unset means
-    /// `$XDG_CACHE_HOME/wasmtp` or `~/.cache/wasmtp`. The directory is created with mode 0700
-    /// and only files the proxy wrote there itself are ever loaded.
+    /// `$XDG_CACHE_HOME/wasmtp` or `~/.cache/wasmtp` (`/var/cache/wasmtp` with `server.user`).
+    /// The directory is created with mode 0700 and only files the proxy wrote there itself are
+    /// ever loaded.
     pub cache_dir: Option<PathBuf>,
     /// Maildir that receives quarantined messages.
     pub quarantine: PathBuf,
@@ -388,6 +423,16 @@ pub enum OnError {
     Continue,
     /// Refuse with `550 5.7.0` (`554` at connect).
     Reject,
+}
+
+impl OnError {
+    pub fn name(self) -> &'static str {
+        match self {
+            OnError::Tempfail => "tempfail",
+            OnError::Continue => "continue",
+            OnError::Reject => "reject",
+        }
+    }
 }
 
 /// `[plugins.limits]`.
@@ -537,7 +582,7 @@ fn default_signed_headers() -> Vec<String> {
 }
 
 /// `[log]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `human` or `json`.
@@ -722,6 +767,11 @@ impl Config {
             }
         })?;
         config.validate()?;
+        let mut config = config;
+        if config.server.user.is_some() && config.sandbox.cache_dir.is_none() {
+            // The starting user's home cache is no place for an unprivileged user's files.
+            config.sandbox.cache_dir = Some(PathBuf::from(SYSTEM_CACHE_DIR));
+        }
         Ok(config)
     }
 
@@ -778,6 +828,9 @@ impl Config {
             }
             positive(&format!("plugins[{i}].breaker.failures"), plugin.breaker.failures > 0)?;
             positive(&format!("plugins[{i}].limits.concurrency"), limits.concurrency != Some(0))?;
+        }
+        if self.server.group.is_some() && self.server.user.is_none() {
+            return Err("field `server.group`: needs `server.user`".into());
         }
         if let Some(name) = &self.server.hostname
             && (name.is_empty() || name.len() > 200 || !name.chars().all(|c| c.is_ascii_graphic()))

@@ -2,8 +2,9 @@
 //!
 //! Module map; data flows top to bottom (client bytes → session → filter chain → upstream →
 //! reply), and every module imports only from modules below it:
-//! - [`cli`], [`server`]: the command line; the listener, connection limit and graceful
-//!   shutdown ([`shutdown`]);
+//! - [`cli`], [`server`]: the command line; the listeners, configuration generations and
+//!   reloads, connection limits, the admin endpoints, privileges and graceful shutdown
+//!   ([`shutdown`]);
 //! - [`session`]: the per-connection SMTP state machine, one file per verb family, and the
 //!   mail transaction;
 //! - [`wasm`]: the WebAssembly runtime that loads plugins and runs each call in a fresh
@@ -16,13 +17,15 @@
 //! - [`message`]: message buffering (memory, then disk), header sections, the `Received:` header;
 //! - [`replies`]: every reply the proxy writes itself;
 //! - [`smtp`]: the pure wire codec (command parsing, data receiving, replies);
-//! - [`config`]: the TOML configuration.
+//! - [`config`]: the TOML configuration;
+//! - [`metrics`]: the Prometheus metrics every layer records into.
 
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod filter;
 pub mod message;
+pub mod metrics;
 pub mod replies;
 pub mod server;
 pub mod session;
@@ -39,7 +42,7 @@ pub use config::Config;
 mod layering {
     const LAYERS: &[&str] = &[
         "cli", "server", "session", "wasm", "filter", "upstream", "auth", "tls", "message", "replies", "config",
-        "shutdown", "smtp",
+        "shutdown", "smtp", "metrics",
     ];
 
     fn sources(path: &std::path::Path, out: &mut Vec<(std::path::PathBuf, String)>) {

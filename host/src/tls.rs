@@ -1,7 +1,7 @@
 //! TLS with rustls and its `ring` provider (pure Rust and assembly built by `cc`; no cmake or
 //! Go toolchain as `aws-lc-rs` needs): the server side for STARTTLS and implicit-TLS listeners
-//! — certificate chains and keys from PEM files, chosen by SNI, TLS 1.2 and 1.3 only, reloaded
-//! in place — and the client side for STARTTLS to the upstream.
+//! — certificate chains and keys from PEM files, chosen by SNI, TLS 1.2 and 1.3 only, read
+//! again by every configuration reload — and the client side for STARTTLS to the upstream.
 //!
 //! Without a configured certificate, the server side uses a self-signed one generated in memory
 //! at start: opportunistic STARTTLS (RFC 3207, RFC 7435) is what every sending MTA expects on
@@ -9,7 +9,7 @@
 //! certificate.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::Context;
@@ -37,10 +37,9 @@ struct Loaded {
     source: String,
 }
 
-/// The server certificates, swapped as a whole on reload.
-#[derive(Default)]
+/// The server certificates of one configuration generation.
 struct Certificates {
-    loaded: RwLock<Vec<Loaded>>,
+    loaded: Vec<Loaded>,
 }
 
 impl std::fmt::Debug for Certificates {
@@ -52,7 +51,7 @@ impl std::fmt::Debug for Certificates {
 impl ResolvesServerCert for Certificates {
     /// The first certificate valid for the client's SNI name, else the first one.
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let loaded = self.loaded.read().unwrap_or_else(|e| e.into_inner());
+        let loaded = &self.loaded;
         let wanted = hello.server_name().and_then(|name| ServerName::try_from(name.to_string()).ok());
         let matching = wanted.and_then(|name| {
             loaded.iter().find(|l| {
@@ -67,7 +66,6 @@ impl ResolvesServerCert for Certificates {
 /// The server side: what listeners hand to `tokio_rustls`.
 pub struct ServerTls {
     certificates: Arc<Certificates>,
-    files: Vec<CertificateConfig>,
     config: Arc<rustls::ServerConfig>,
     self_signed: bool,
 }
@@ -81,16 +79,15 @@ impl std::fmt::Debug for ServerTls {
 impl ServerTls {
     /// Loads the configured certificates, or generates a self-signed one for `hostname`.
     pub fn from_config(config: &TlsConfig, hostname: &str) -> anyhow::Result<Self> {
-        let certificates = Arc::new(Certificates::default());
         let self_signed = config.certificates.is_empty();
         let loaded = if self_signed { vec![self_signed_for(hostname)?] } else { load_all(&config.certificates)? };
-        *certificates.loaded.write().unwrap_or_else(|e| e.into_inner()) = loaded;
+        let certificates = Arc::new(Certificates { loaded });
         let server = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(VERSIONS)
             .context("TLS versions")?
             .with_no_client_auth()
             .with_cert_resolver(certificates.clone());
-        Ok(Self { certificates, files: config.certificates.clone(), config: Arc::new(server), self_signed })
+        Ok(Self { certificates, config: Arc::new(server), self_signed })
     }
 
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
@@ -104,23 +101,12 @@ impl ServerTls {
 
     /// Where each certificate came from, for logs and `check-config`.
     pub fn describe(&self) -> Vec<String> {
-        self.certificates.loaded.read().unwrap_or_else(|e| e.into_inner()).iter().map(|l| l.source.clone()).collect()
-    }
-
-    /// Reads the certificate files again; on any error the old certificates stay in use.
-    /// Handshakes from now on use the new ones.
-    pub fn reload(&self) -> anyhow::Result<()> {
-        if self.self_signed {
-            return Ok(());
-        }
-        let loaded = load_all(&self.files)?;
-        *self.certificates.loaded.write().unwrap_or_else(|e| e.into_inner()) = loaded;
-        Ok(())
+        self.certificates.loaded.iter().map(|l| l.source.clone()).collect()
     }
 }
 
 fn load_all(files: &[CertificateConfig]) -> anyhow::Result<Vec<Loaded>> {
-    files.iter().map(load).collect()
+    files.iter().enumerate().map(|(i, f)| load(f).with_context(|| format!("field `tls.certificates[{i}]`"))).collect()
 }
 
 /// Loads one chain and its key, and checks that they belong together and that the leaf is

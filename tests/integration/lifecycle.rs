@@ -1,10 +1,8 @@
 //! Timeouts, graceful shutdown, crashes and the command line, observed from outside.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::support::*;
 
@@ -113,52 +111,6 @@ async fn shutdown_grace_expiry_closes_stuck_transactions_with_421() {
     assert!(up.messages().is_empty());
 }
 
-/// The real binary, started with `args`, ready once it logs that it accepts connections.
-struct Binary {
-    child: Child,
-    port: u16,
-}
-
-impl Binary {
-    async fn start(args: &[&str], dir: &std::path::Path) -> Self {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmtp"))
-            .arg("serve")
-            .args(["--listen", &listen])
-            .args(args)
-            .current_dir(dir)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("wasmtp binary runs");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let ready = async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if line.contains("accepting connections") {
-                    return;
-                }
-            }
-            panic!("wasmtp exited before accepting connections");
-        };
-        tokio::time::timeout(WAIT, ready).await.expect("wasmtp starts");
-        // Keep draining its log so it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child, port }
-    }
-
-    async fn client(&self) -> Client {
-        Client::connect(([127, 0, 0, 1], self.port).into()).await
-    }
-
-    fn signal(&self, signal: i32) {
-        let pid = self.child.id().expect("running") as i32;
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_data_leaves_no_message_upstream() {
     let up = Recorder::start(Script::default()).await;
@@ -228,11 +180,15 @@ async fn check_config_names_the_file_and_the_field() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml") && err.contains("limits.max_recipients") && err.contains("line 2"), "{err}");
 
+    // The examples as an operator would adapt them: the spool directory exists on their host.
     for example in ["quickstart.toml", "in-front-of-postfix.toml", "postfix-proxy-filter.toml"] {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/").to_string() + example;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let adapted = dir.path().join(example);
+        std::fs::write(&adapted, text.replace("/var/spool/wasmtp", &dir.path().display().to_string())).unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_wasmtp"))
             .args(["check-config", "--no-plugins"])
-            .arg(&path)
+            .arg(&adapted)
             .output()
             .await
             .unwrap();
@@ -250,7 +206,8 @@ async fn check_config_names_the_file_and_the_field() {
     let out = Command::new(env!("CARGO_BIN_EXE_wasmtp")).arg("check-config").arg(&with_plugin).output().await.unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("plugin `missing` (nope.wasm)"), "{err}");
+    assert!(err.contains("plugin `missing` (field `plugins[1]`, nope.wasm)"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).lines().any(|l| l == "ok"), "no ok before a failure");
     let good = std::fs::read_to_string(&with_plugin).unwrap();
     std::fs::write(&with_plugin, &good[..good.rfind("[[plugins]]").unwrap()]).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_wasmtp")).arg("check-config").arg(&with_plugin).output().await.unwrap();

@@ -11,6 +11,7 @@ mod examples;
 mod happy_path;
 mod lifecycle;
 mod limits;
+mod operations;
 mod plugins;
 mod postfix;
 mod sandbox;

@@ -285,15 +285,15 @@ async fn a_warm_compile_cache_skips_compilation() {
     let mut config = with_plugins(vec![plugin("stamper", wasm::HEADER_STAMPER, json!({}))]);
     config.sandbox.cache_dir = Some(cache.path().to_path_buf());
     let (_, cold) = wasmtp::wasm::load(&config).await.unwrap();
-    assert_eq!(cold[0].origin, wasmtp::wasm::cache::Origin::Compiled);
+    assert_eq!(cold.plugins[0].origin, wasmtp::wasm::cache::Origin::Compiled);
     let (_, warm) = wasmtp::wasm::load(&config).await.unwrap();
-    assert_eq!(warm[0].origin, wasmtp::wasm::cache::Origin::Cache);
+    assert_eq!(warm.plugins[0].origin, wasmtp::wasm::cache::Origin::Cache);
     // A damaged cache entry is recompiled, not trusted.
     for entry in std::fs::read_dir(cache.path()).unwrap() {
         std::fs::write(entry.unwrap().path(), b"garbage").unwrap();
     }
     let (_, again) = wasmtp::wasm::load(&config).await.unwrap();
-    assert_eq!(again[0].origin, wasmtp::wasm::cache::Origin::Compiled);
+    assert_eq!(again.plugins[0].origin, wasmtp::wasm::cache::Origin::Compiled);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::config::BreakerConfig;
+use crate::metrics::BreakerGauge;
 
 #[derive(Debug)]
 pub struct Breaker {
@@ -72,6 +73,17 @@ impl Breaker {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The state for the metrics: open while bypassing, half-open once the cooldown is over
+    /// (the next call is a trial, or one is in flight).
+    pub fn gauge(&self) -> BreakerGauge {
+        let now = Instant::now();
+        match &self.lock().open {
+            None => BreakerGauge::Closed,
+            Some(open) if now < open.until && !open.trial => BreakerGauge::Open,
+            Some(_) => BreakerGauge::HalfOpen,
+        }
     }
 
     /// A ticket if the plugin may be called now; `None` while the breaker is open (or its one

@@ -27,10 +27,50 @@ impl Entry {
     }
 }
 
-/// The store, shared by every session.
+type Id = (String, String);
+
+/// What an entry takes: its namespace, key and value.
+fn octets(id: &Id, value: &[u8]) -> usize {
+    id.0.len() + id.1.len() + value.len()
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    map: HashMap<Id, Entry>,
+    /// The sum of [`octets`] over `map`.
+    bytes: usize,
+}
+
+impl Entries {
+    fn insert(&mut self, id: Id, entry: Entry) {
+        self.bytes += octets(&id, &entry.value);
+        if let Some(old) = self.map.get(&id) {
+            self.bytes -= octets(&id, &old.value);
+        }
+        self.map.insert(id, entry);
+    }
+
+    /// Drops expired entries when the store is full; false if it is still full.
+    fn make_room(&mut self, now: Instant) -> bool {
+        if self.map.len() < MAX_ENTRIES {
+            return true;
+        }
+        let bytes = &mut self.bytes;
+        self.map.retain(|id, e| {
+            let live = e.live(now);
+            if !live {
+                *bytes -= octets(id, &e.value);
+            }
+            live
+        });
+        self.map.len() < MAX_ENTRIES
+    }
+}
+
+/// The store, shared by every session and kept across configuration reloads.
 #[derive(Debug, Default)]
 pub struct KvStore {
-    entries: Mutex<HashMap<(String, String), Entry>>,
+    entries: Mutex<Entries>,
 }
 
 impl KvStore {
@@ -38,20 +78,24 @@ impl KvStore {
         Self::default()
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn get(&self, namespace: &str, key: &str) -> Option<Vec<u8>> {
         let now = Instant::now();
-        let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&(namespace.to_string(), key.to_string())).filter(|e| e.live(now)).map(|e| e.value.clone())
+        let entries = self.lock();
+        entries.map.get(&(namespace.to_string(), key.to_string())).filter(|e| e.live(now)).map(|e| e.value.clone())
     }
 
     /// Stores a value; returns false when the store is full.
     pub fn set(&self, namespace: &str, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> bool {
         let now = Instant::now();
-        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if !make_room(&mut map, now) {
+        let mut entries = self.lock();
+        if !entries.make_room(now) {
             return false;
         }
-        map.insert((namespace.to_string(), key.to_string()), Entry { value, expires: ttl.map(|t| now + t) });
+        entries.insert((namespace.to_string(), key.to_string()), Entry { value, expires: ttl.map(|t| now + t) });
         true
     }
 
@@ -59,29 +103,28 @@ impl KvStore {
     /// Returns `None` when the store is full.
     pub fn incr(&self, namespace: &str, key: &str, delta: i64, ttl: Option<Duration>) -> Option<i64> {
         let now = Instant::now();
-        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut entries = self.lock();
         let id = (namespace.to_string(), key.to_string());
-        if let Some(entry) = map.get_mut(&id).filter(|e| e.live(now)) {
+        if let Some(entry) = entries.map.get(&id).filter(|e| e.live(now)) {
             let current = std::str::from_utf8(&entry.value).ok().and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
             let next = current.saturating_add(delta);
-            entry.value = next.to_string().into_bytes();
+            let expires = entry.expires;
+            entries.insert(id, Entry { value: next.to_string().into_bytes(), expires });
             return Some(next);
         }
-        if !make_room(&mut map, now) {
+        if !entries.make_room(now) {
             return None;
         }
-        map.insert(id, Entry { value: delta.to_string().into_bytes(), expires: ttl.map(|t| now + t) });
+        entries.insert(id, Entry { value: delta.to_string().into_bytes(), expires: ttl.map(|t| now + t) });
         Some(delta)
     }
-}
 
-/// Drops expired entries when the store is full; false if it is still full.
-fn make_room(map: &mut HashMap<(String, String), Entry>, now: Instant) -> bool {
-    if map.len() < MAX_ENTRIES {
-        return true;
+    /// Entries held and the octets of their keys and values (expired ones included until
+    /// they are swept).
+    pub fn usage(&self) -> (usize, usize) {
+        let entries = self.lock();
+        (entries.map.len(), entries.bytes)
     }
-    map.retain(|_, e| e.live(now));
-    map.len() < MAX_ENTRIES
 }
 
 #[cfg(test)]
@@ -104,5 +147,6 @@ mod tests {
         assert_eq!(kv.incr("a", "k2", 1, None), Some(1));
         assert!(kv.set("a", "k2", b"text".to_vec(), None));
         assert_eq!(kv.incr("a", "k2", 1, None), Some(1), "non-numbers count from zero");
+        assert_eq!(kv.usage(), (3, 3 + 4 + 3), "a/k, a/n, a/k2 with their values");
     }
 }

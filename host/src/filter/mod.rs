@@ -37,6 +37,7 @@ pub use self::sandbox::{Fault, FaultKind, Sandbox};
 use self::stages::StageState;
 use self::validate::Verdict;
 use crate::config::{OnError, PluginConfig, PluginLimits};
+use crate::metrics::Metrics;
 use crate::replies;
 use crate::smtp::Reply;
 
@@ -117,23 +118,25 @@ pub fn plugin_config_json(config: &PluginConfig) -> Result<String, serde_json::E
     serde_json::to_string(&config.config)
 }
 
-/// The configured plugins in order, and the host state they share; one per process.
+/// The configured plugins in order, and the host state they share; one per configuration
+/// generation (the key-value store outlives generations).
 #[derive(Debug, Default)]
 pub struct Chain {
     plugins: Vec<Arc<Plugin>>,
     kv: Arc<KvStore>,
+    metrics: Arc<Metrics>,
 }
 
 impl Chain {
-    pub fn new(plugins: Vec<Plugin>, kv: Arc<KvStore>) -> Self {
-        Self { plugins: plugins.into_iter().map(Arc::new).collect(), kv }
+    pub fn new(plugins: Vec<Plugin>, kv: Arc<KvStore>, metrics: Arc<Metrics>) -> Self {
+        Self { plugins: plugins.into_iter().map(Arc::new).collect(), kv, metrics }
     }
 
     /// The plugins named in `names`, in chain order, sharing their state (breakers, the store)
     /// with this chain: a listener's own plugin set.
     pub fn subset(&self, names: &[String]) -> Self {
         let plugins = self.plugins.iter().filter(|p| names.iter().any(|n| **n == *p.name)).cloned().collect();
-        Self { plugins, kv: self.kv.clone() }
+        Self { plugins, kv: self.kv.clone(), metrics: self.metrics.clone() }
     }
 
     /// No plugins: every stage continues.
@@ -177,32 +180,36 @@ impl Chain {
             let verdict = match plugin.breaker.admit() {
                 Some(ticket) => self.call(plugin, ticket, conn, &mut notes, state).await,
                 None => {
+                    self.metrics.plugin_bypassed(&plugin.name, S::STAGE.name());
                     tracing::debug!(plugin = %plugin.name, stage = %S::STAGE, "circuit open: plugin bypassed");
                     None
                 }
             };
-            let outcome = match verdict {
+            match verdict {
                 None => match on_error(plugin, S::STAGE) {
                     Outcome::Continue => continue,
                     outcome => return outcome,
                 },
                 Some(Verdict::Continue) => continue,
                 Some(Verdict::Accept) => return Outcome::Continue,
-                Some(Verdict::Reject(reply)) => Outcome::Reject(reply),
-                Some(Verdict::Tempfail(reply)) => Outcome::Tempfail(reply),
-                Some(Verdict::Disconnect(reply)) => Outcome::Disconnect(reply),
-            };
-            tracing::info!(
-                plugin = %plugin.name,
-                version = %plugin.manifest.version,
-                stage = %S::STAGE,
-                verdict = outcome.name(),
-                reply = ?outcome.reply().map(brief).unwrap_or_default(),
-                "plugin verdict"
-            );
-            return outcome;
+                Some(Verdict::Reject(reply)) => return Outcome::Reject(reply),
+                Some(Verdict::Tempfail(reply)) => return Outcome::Tempfail(reply),
+                Some(Verdict::Disconnect(reply)) => return Outcome::Disconnect(reply),
+            }
         }
         Outcome::Continue
+    }
+
+    /// The breaker state of every plugin, for the metrics.
+    pub fn report_breakers(&self) {
+        for plugin in &self.plugins {
+            self.metrics.set_breaker(&plugin.name, plugin.breaker.gauge());
+        }
+    }
+
+    /// The key-value store the plugins share.
+    pub fn kv(&self) -> &Arc<KvStore> {
+        &self.kv
     }
 
     /// Calls one plugin and applies its answer to `state`: the checked verdict, or `None` after
@@ -234,7 +241,8 @@ impl Chain {
         let budget = plugin.budget(S::STAGE);
         let call = Call { conn, input: state.input(plugin) };
         let answer = tokio::time::timeout(budget + OVERRUN_GRACE, plugin.sandbox.call(call, host, budget)).await;
-        let latency_us = started.elapsed().as_micros() as u64;
+        let elapsed = started.elapsed();
+        let latency_us = elapsed.as_micros() as u64;
         let (answer, note_writes) = match answer {
             Ok((answer, host)) => (answer, host.into_note_writes()),
             Err(_) => (Err(Fault::new(FaultKind::Timeout, "time limit exceeded in a host or WASI call")), Vec::new()),
@@ -247,7 +255,7 @@ impl Chain {
         match transition {
             Some(Transition::Opened) => tracing::warn!(
                 plugin = %plugin.name,
-                cooldown = ?plugin.breaker.cooldown(),
+                cooldown = %humantime::format_duration(plugin.breaker.cooldown()),
                 "circuit breaker opened: plugin bypassed by its on_error policy"
             ),
             Some(Transition::Closed) => tracing::info!(plugin = %plugin.name, "circuit breaker closed"),
@@ -255,22 +263,40 @@ impl Chain {
         }
         match decided {
             Ok((verdict, edited, edits)) => {
+                self.metrics.plugin_call(&plugin.name, S::STAGE.name(), verdict.name(), elapsed);
                 notes.commit(&plugin.name, note_writes);
                 if let Some(edited) = edited {
                     *state = edited;
                 }
-                tracing::debug!(
-                    plugin = %plugin.name,
-                    version = %plugin.manifest.version,
-                    stage = %S::STAGE,
-                    verdict = verdict.name(),
-                    edits,
-                    latency_us,
-                    "plugin decision"
-                );
+                // A decision that changes something is the operator's business; a plain
+                // continue is only worth a debug line.
+                let reply = verdict.reply().map(brief).unwrap_or_default();
+                if matches!(verdict, Verdict::Continue) && edits == 0 {
+                    tracing::debug!(
+                        plugin = %plugin.name,
+                        version = %plugin.manifest.version,
+                        stage = %S::STAGE,
+                        verdict = verdict.name(),
+                        latency_us,
+                        "plugin decision"
+                    );
+                } else {
+                    tracing::info!(
+                        plugin = %plugin.name,
+                        version = %plugin.manifest.version,
+                        stage = %S::STAGE,
+                        verdict = verdict.name(),
+                        edits,
+                        latency_us,
+                        reply = %reply,
+                        "plugin decision"
+                    );
+                }
                 Some(verdict)
             }
             Err(fault) => {
+                self.metrics.plugin_call(&plugin.name, S::STAGE.name(), "fault", elapsed);
+                self.metrics.plugin_fault(&plugin.name, S::STAGE.name(), fault.kind.name());
                 if let Some(suppressed) = plugin.fault_log.admit() {
                     tracing::warn!(
                         plugin = %plugin.name,
@@ -281,7 +307,7 @@ impl Chain {
                         detail = ?truncated(&fault.detail, MAX_LOGGED_DETAIL),
                         stderr = ?truncated(&fault.stderr, MAX_LOGGED_DETAIL * 4),
                         latency_us,
-                        on_error = ?plugin.on_error,
+                        on_error = plugin.on_error.name(),
                         suppressed_since_last = suppressed,
                         "plugin fault"
                     );

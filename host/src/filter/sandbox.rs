@@ -30,9 +30,10 @@ pub enum FaultKind {
     Busy,
 }
 
-impl fmt::Display for FaultKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl FaultKind {
+    /// The kind's name in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
             FaultKind::Timeout => "timeout",
             FaultKind::Memory => "memory",
             FaultKind::Crash => "crash",
@@ -40,7 +41,13 @@ impl fmt::Display for FaultKind {
             FaultKind::Host => "host-error",
             FaultKind::Invalid => "invalid-answer",
             FaultKind::Busy => "busy",
-        })
+        }
+    }
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

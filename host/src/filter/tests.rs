@@ -117,7 +117,7 @@ fn chain(plugins: Vec<TestPlugin>) -> Chain {
             Plugin::new(&p.config, p.manifest, Box::new(sandbox)).unwrap()
         })
         .collect();
-    Chain::new(plugins, Arc::new(KvStore::new()))
+    Chain::new(plugins, Arc::new(KvStore::new()), Arc::default())
 }
 
 fn conn() -> Connection {
@@ -535,7 +535,11 @@ async fn a_call_that_never_returns_ends_at_its_budget() {
         body: BodyAccess::None,
         edits: vec![],
     };
-    let chain = Chain::new(vec![Plugin::new(&config, manifest, Box::new(Hanging)).unwrap()], Arc::new(KvStore::new()));
+    let chain = Chain::new(
+        vec![Plugin::new(&config, manifest, Box::new(Hanging)).unwrap()],
+        Arc::new(KvStore::new()),
+        Arc::default(),
+    );
     let started = tokio::time::Instant::now();
     assert_eq!(run(&chain, &mut mail_state("a@example.org")).await, Outcome::Tempfail(replies::filter_tempfail(false)));
     let took = started.elapsed();

@@ -85,6 +85,14 @@ impl Verdict {
             Verdict::Disconnect(_) => "disconnect",
         }
     }
+
+    /// The reply a refusing verdict sends.
+    pub fn reply(&self) -> Option<&Reply> {
+        match self {
+            Verdict::Continue | Verdict::Accept => None,
+            Verdict::Reject(r) | Verdict::Tempfail(r) | Verdict::Disconnect(r) => Some(r),
+        }
+    }
 }
 
 pub fn verdict(v: &api::Verdict) -> Result<Verdict, Violation> {

@@ -3,7 +3,7 @@
 //! each recipient reaches the client.
 
 use super::transaction::Transaction;
-use super::{Flow, Session};
+use super::{Flow, Session, mailboxes};
 use crate::filter::Outcome;
 use crate::filter::api::Param;
 use crate::filter::host::NoteScopes;
@@ -184,7 +184,7 @@ impl Session {
             return Flow::Continue;
         }
         if relay.len() != 1 || relay[0].as_str() != rcpt.recipient.as_str() {
-            tracing::info!(recipient = %rcpt.recipient, relayed = ?relay, "recipient rewritten by a plugin");
+            tracing::info!(recipient = %rcpt.recipient, relayed = %mailboxes(&relay), "recipient rewritten by a plugin");
         }
         let reply = self.relay_recipients(txn, relay).await;
         self.reply(reply);

@@ -132,7 +132,7 @@ impl Session {
             return refusal;
         }
         if state.envelope_changed {
-            tracing::info!(sender = %state.sender, recipients = ?state.recipients, "envelope changed by plugins: replaying upstream");
+            tracing::info!(sender = %state.sender, recipients = %super::mailboxes(&state.recipients), "envelope changed by plugins: replaying upstream");
             match self.upstream.replay(&sender, &state.recipients).await {
                 Ok(None) => {}
                 Ok(Some(refusal)) => return Answer::reply(refusal),

@@ -32,6 +32,7 @@ use crate::filter::api::{Connection, TlsInfo};
 use crate::filter::host::{NoteScopes, Notes};
 use crate::filter::stages::{ConnectState, StageState};
 use crate::filter::{Chain, Outcome};
+use crate::metrics::Metrics;
 use crate::replies;
 use crate::shutdown::ShutdownSignal;
 use crate::smtp::Reply;
@@ -43,10 +44,13 @@ use crate::upstream::{ClientInfo, Upstream, UpstreamTarget};
 use io::{ClientIo, ReadOutcome};
 use transaction::{Ending, Transaction};
 
-/// What every session shares.
+/// What every session of one configuration generation shares. A session keeps the context it
+/// started with to its end, whatever reloads happen meanwhile.
 #[derive(Debug)]
 pub struct SessionContext {
     pub config: Config,
+    /// Which reading of the configuration this is (1 at start, +1 per reload).
+    pub generation: u64,
     pub hostname: String,
     pub upstream: UpstreamTarget,
     pub spool_dir: PathBuf,
@@ -58,7 +62,10 @@ pub struct SessionContext {
     pub auth: Option<Arc<Auth>>,
     /// The server side of TLS, for STARTTLS and implicit-TLS listeners.
     pub tls: Option<Arc<ServerTls>>,
-    ids: AtomicU64,
+    pub metrics: Arc<Metrics>,
+    pub ids: Arc<SessionIds>,
+    /// Last: dropped after everything above.
+    pub released: Released,
 }
 
 /// What a listener's sessions need to know about it.
@@ -74,37 +81,45 @@ pub struct ListenerContext {
     pub xforward_from: Vec<ipnet::IpNet>,
 }
 
-impl SessionContext {
-    pub fn new(
-        config: Config,
-        upstream: UpstreamTarget,
-        shutdown: ShutdownSignal,
-        chain: Arc<Chain>,
-        quarantine: Option<Arc<Maildir>>,
-        auth: Option<Arc<Auth>>,
-        tls: Option<Arc<ServerTls>>,
-    ) -> Self {
-        let hostname = config.hostname();
-        let spool_dir = config.server.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
-        // Session ids start from the clock so they do not repeat across restarts.
-        let start = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) << 20;
-        Self {
-            config,
-            hostname,
-            upstream,
-            spool_dir,
-            shutdown,
-            chain,
-            quarantine,
-            auth,
-            tls,
-            ids: AtomicU64::new(start),
-        }
-    }
+/// Session ids: unique within the process and, since they start from the clock, across
+/// restarts.
+#[derive(Debug)]
+pub struct SessionIds(AtomicU64);
 
-    fn next_id(&self) -> Arc<str> {
-        format!("{:013X}", self.ids.fetch_add(1, Ordering::Relaxed)).into()
+impl Default for SessionIds {
+    fn default() -> Self {
+        let start = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) << 20;
+        Self(AtomicU64::new(start))
     }
+}
+
+impl SessionIds {
+    fn next(&self) -> Arc<str> {
+        format!("{:013X}", self.0.fetch_add(1, Ordering::Relaxed)).into()
+    }
+}
+
+/// Logs that a generation is gone once everything it held has been dropped: the last field
+/// of [`SessionContext`].
+#[derive(Debug)]
+pub struct Released(pub u64);
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        tracing::info!(generation = self.0, "configuration generation released: its last session ended");
+    }
+}
+
+impl SessionContext {
+    /// Where messages too large for memory spill: `server.spool_dir`, or the temp directory.
+    pub fn spool_dir_of(config: &Config) -> PathBuf {
+        config.server.spool_dir.clone().unwrap_or_else(std::env::temp_dir)
+    }
+}
+
+/// Mailboxes for a log field: `a@example.org,b@example.org`.
+fn mailboxes(list: &[crate::smtp::Mailbox]) -> String {
+    list.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(",")
 }
 
 /// Whether the session goes on after a command.
@@ -139,8 +154,6 @@ enum Input {
 }
 
 pub struct Session {
-    ctx: Arc<SessionContext>,
-    listener: Arc<ListenerContext>,
     io: ClientIo,
     lines: LineReader,
     peer: SocketAddr,
@@ -169,6 +182,10 @@ pub struct Session {
     notes_at_greeting: Notes,
     /// The client as a trusted XFORWARD described it (Postfix in front of the proxy).
     forwarded: Option<xforward::Forwarded>,
+    // Last, so they are dropped last: when a generation is released, its sessions' sockets
+    // are closed.
+    listener: Arc<ListenerContext>,
+    ctx: Arc<SessionContext>,
 }
 
 /// Runs a session on an accepted connection until it ends.
@@ -189,7 +206,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, listener: Arc<ListenerCont
         listener,
         lines: LineReader::new(command::MAX_MAIL_RCPT_LINE),
         peer,
-        id: ctx.next_id(),
+        id: ctx.ids.next(),
         helo: None,
         advertised: Advertised { size: max_size, eight_bit_mime: false, smtputf8: false },
         transaction: None,

@@ -21,7 +21,9 @@ impl Session {
         if self.io.flush().await.is_err() {
             return Flow::Close;
         }
-        match self.io.start_tls(&tls.acceptor(), self.ctx.config.tls.handshake_timeout).await {
+        let handshake = self.io.start_tls(&tls.acceptor(), self.ctx.config.tls.handshake_timeout).await;
+        self.ctx.metrics.tls_handshake("starttls", handshake.is_ok());
+        match handshake {
             Ok(negotiated) => {
                 tracing::debug!(version = %negotiated.version, cipher = %negotiated.cipher, "STARTTLS");
                 self.tls = Some(negotiated);
@@ -46,7 +48,9 @@ impl Session {
     /// The handshake of an implicit-TLS listener, before the greeting. False: close.
     pub(super) async fn implicit_tls(&mut self) -> bool {
         let Some(tls) = self.ctx.tls.clone() else { return false };
-        match self.io.start_tls(&tls.acceptor(), self.ctx.config.tls.handshake_timeout).await {
+        let handshake = self.io.start_tls(&tls.acceptor(), self.ctx.config.tls.handshake_timeout).await;
+        self.ctx.metrics.tls_handshake("implicit", handshake.is_ok());
+        match handshake {
             Ok(negotiated) => {
                 self.tls = Some(negotiated);
                 true

@@ -13,9 +13,11 @@ pub mod smtp;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::config::{Config, UpstreamUrl};
 use crate::message::Outgoing;
+use crate::metrics::Metrics;
 use crate::replies;
 use crate::smtp::command::{Body, MailFrom};
 use crate::smtp::{EnhancedCode, Mailbox, Reply};
@@ -217,51 +219,66 @@ pub struct ClientInfo {
     pub local: Option<std::net::SocketAddr>,
 }
 
-/// The target all sessions share: built once from the configuration.
+/// The target all sessions share: built from the configuration (and kept across reloads that
+/// do not change it).
 #[derive(Debug, Clone)]
-pub enum UpstreamTarget {
+pub struct UpstreamTarget {
+    kind: TargetKind,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, Clone)]
+enum TargetKind {
     Smtp(Arc<smtp::SmtpTarget>),
     Maildir(Arc<maildir::Maildir>),
 }
 
 impl UpstreamTarget {
     /// Builds the target; a Maildir is created (with `tmp/`, `new/`, `cur/`) if missing.
-    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        Ok(match config.upstream_url() {
-            UpstreamUrl::Smtp { host, port } => Self::Smtp(Arc::new(smtp::SmtpTarget::new(host, port, config)?)),
-            UpstreamUrl::Maildir(path) => Self::Maildir(Arc::new(maildir::Maildir::create(path, config.hostname())?)),
-        })
+    pub fn from_config(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let kind = match config.upstream_url() {
+            UpstreamUrl::Smtp { host, port } => TargetKind::Smtp(Arc::new(smtp::SmtpTarget::new(host, port, config)?)),
+            UpstreamUrl::Maildir(path) => {
+                TargetKind::Maildir(Arc::new(maildir::Maildir::create(path, config.hostname())?))
+            }
+        };
+        Ok(Self { kind, metrics })
+    }
+
+    /// Whether this is the embedded Maildir delivery.
+    pub fn is_maildir(&self) -> bool {
+        matches!(self.kind, TargetKind::Maildir(_))
     }
 
     /// A fresh per-session upstream. Nothing is connected until it is needed. A `dedicated`
     /// session's connection is opened for it alone and never pooled.
     pub fn session(&self, client: ClientInfo, dedicated: bool) -> Upstream {
-        match self {
-            Self::Smtp(target) => Upstream::Smtp(Box::new(smtp::SmtpRelay::new(target.clone(), client, dedicated))),
-            Self::Maildir(maildir) => Upstream::Maildir(maildir::MaildirSession::new(maildir.clone())),
-        }
+        let inner = match &self.kind {
+            TargetKind::Smtp(target) => Inner::Smtp(Box::new(smtp::SmtpRelay::new(target.clone(), client, dedicated))),
+            TargetKind::Maildir(maildir) => Inner::Maildir(maildir::MaildirSession::new(maildir.clone())),
+        };
+        Upstream { inner, metrics: self.metrics.clone() }
     }
 
     /// Closes idle pooled upstream connections politely (at shutdown).
     pub async fn close_idle(&self) {
-        if let Self::Smtp(target) = self {
+        if let TargetKind::Smtp(target) = &self.kind {
             target.close_idle().await;
         }
     }
 
     /// Probes the upstream every `interval` from now on (SMTP only): what its EHLO offers is
-    /// what EHLO replies to clients promise, and pooled connections are dropped when it changes.
+    /// what EHLO replies to clients promise, pooled connections are dropped when it changes,
+    /// and readiness follows whether it answers. The probing stops once the target is dropped.
     pub fn watch(&self, interval: std::time::Duration) {
-        if let Self::Smtp(target) = self {
-            let target = target.clone();
+        if let TargetKind::Smtp(target) = &self.kind {
+            let target = Arc::downgrade(target);
             tokio::spawn(async move {
                 let mut ticks = tokio::time::interval(interval);
                 ticks.tick().await;
                 loop {
                     ticks.tick().await;
-                    if Arc::strong_count(&target) == 1 {
-                        return;
-                    }
+                    let Some(target) = target.upgrade() else { return };
                     target.refresh().await;
                 }
             });
@@ -271,16 +288,31 @@ impl UpstreamTarget {
     /// Learns the upstream's capabilities ahead of the first client (SMTP only); a failure is
     /// returned for logging, and sessions then try again themselves.
     pub async fn probe(&self) -> Result<Capabilities, UpstreamError> {
-        match self {
-            Self::Smtp(target) => target.probe().await,
-            Self::Maildir(_) => Ok(Capabilities::LOCAL),
+        match &self.kind {
+            TargetKind::Smtp(target) => target.probe().await,
+            TargetKind::Maildir(_) => Ok(Capabilities::LOCAL),
+        }
+    }
+
+    /// Whether mail can go out now, as far as the proxy knows: the SMTP upstream answered the
+    /// last connection attempt (a session's or the periodic probe's); the Maildir exists.
+    pub fn reachable(&self) -> bool {
+        match &self.kind {
+            TargetKind::Smtp(target) => target.reachable(),
+            TargetKind::Maildir(maildir) => maildir.root().join("new").is_dir(),
         }
     }
 }
 
 /// One session's upstream.
 #[derive(Debug)]
-pub enum Upstream {
+pub struct Upstream {
+    inner: Inner,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Debug)]
+enum Inner {
     Smtp(Box<smtp::SmtpRelay>),
     Maildir(maildir::MaildirSession),
 }
@@ -304,15 +336,15 @@ impl Upstream {
     /// The capabilities to intersect with ours for an EHLO reply. For SMTP this may connect
     /// when nothing is known yet.
     pub async fn capabilities(&mut self) -> Capabilities {
-        match self {
-            Self::Smtp(relay) => relay.capabilities().await,
-            Self::Maildir(_) => Capabilities::LOCAL,
+        match &mut self.inner {
+            Inner::Smtp(relay) => relay.capabilities().await,
+            Inner::Maildir(_) => Capabilities::LOCAL,
         }
     }
 
     /// Tells the upstream the client's HELO name (kept for XCLIENT and XFORWARD).
     pub fn set_helo(&mut self, helo: &str, esmtp: bool) {
-        if let Self::Smtp(relay) = self {
+        if let Inner::Smtp(relay) = &mut self.inner {
             relay.client.helo = Some(helo.to_string());
             relay.client.esmtp = esmtp;
         }
@@ -321,7 +353,7 @@ impl Upstream {
     /// Tells the upstream who the client is, when that is learned after connecting (iprev, or
     /// a trusted XFORWARD).
     pub fn set_client(&mut self, update: impl FnOnce(&mut ClientInfo)) {
-        if let Self::Smtp(relay) = self {
+        if let Inner::Smtp(relay) = &mut self.inner {
             update(&mut relay.client);
         }
     }
@@ -329,33 +361,50 @@ impl Upstream {
     /// The capabilities of this session's current upstream connection, if it has one (what the
     /// transaction is carried on), else what the upstream announced last.
     pub fn current_capabilities(&self) -> Capabilities {
-        match self {
-            Self::Smtp(relay) => relay.current_capabilities(),
-            Self::Maildir(_) => Capabilities::LOCAL,
+        match &self.inner {
+            Inner::Smtp(relay) => relay.current_capabilities(),
+            Inner::Maildir(_) => Capabilities::LOCAL,
         }
+    }
+
+    /// Counts a command's reply (or its failure) by stage and class, with its latency.
+    fn observed(
+        &self,
+        stage: &'static str,
+        started: Instant,
+        result: Result<Reply, UpstreamError>,
+    ) -> Result<Reply, UpstreamError> {
+        self.metrics.upstream_reply(stage, result.as_ref().ok().map(Reply::code), started.elapsed());
+        result
     }
 
     pub async fn mail(&mut self, sender: &Sender<'_>) -> Result<Reply, UpstreamError> {
-        match self {
-            Self::Smtp(relay) => relay.mail(sender).await,
-            Self::Maildir(session) => Ok(session.mail(sender)),
-        }
+        let started = Instant::now();
+        let result = match &mut self.inner {
+            Inner::Smtp(relay) => relay.mail(sender).await,
+            Inner::Maildir(session) => Ok(session.mail(sender)),
+        };
+        self.observed("mail", started, result)
     }
 
     pub async fn rcpt(&mut self, recipient: &Mailbox) -> Result<Reply, UpstreamError> {
-        match self {
-            Self::Smtp(relay) => relay.rcpt(recipient).await,
-            Self::Maildir(session) => Ok(session.rcpt(recipient)),
-        }
+        let started = Instant::now();
+        let result = match &mut self.inner {
+            Inner::Smtp(relay) => relay.rcpt(recipient).await,
+            Inner::Maildir(session) => Ok(session.rcpt(recipient)),
+        };
+        self.observed("rcpt", started, result)
     }
 
     /// Sends the message and returns the upstream's final reply. Only a 2xx here means the
     /// message was taken.
     pub async fn data(&mut self, message: &mut Outgoing<'_>) -> Result<Reply, UpstreamError> {
-        match self {
-            Self::Smtp(relay) => relay.data(message).await,
-            Self::Maildir(session) => session.deliver(message).await,
-        }
+        let started = Instant::now();
+        let result = match &mut self.inner {
+            Inner::Smtp(relay) => relay.data(message).await,
+            Inner::Maildir(session) => session.deliver(message).await,
+        };
+        self.observed("data", started, result)
     }
 
     /// Starts the transaction again with a new envelope (after plugins changed it at DATA):
@@ -383,15 +432,15 @@ impl Upstream {
 
     /// Abandons the current transaction, if any. Failures drop the upstream connection.
     pub async fn rset(&mut self) {
-        match self {
-            Self::Smtp(relay) => relay.rset().await,
-            Self::Maildir(session) => session.rset(),
+        match &mut self.inner {
+            Inner::Smtp(relay) => relay.rset().await,
+            Inner::Maildir(session) => session.rset(),
         }
     }
 
     /// Ends the upstream session politely.
     pub async fn quit(&mut self) {
-        if let Self::Smtp(relay) = self {
+        if let Inner::Smtp(relay) = &mut self.inner {
             relay.quit().await;
         }
     }
@@ -399,25 +448,33 @@ impl Upstream {
     /// One step of an AUTH exchange relayed to the upstream (SMTP only; the embedded Maildir
     /// has nobody to check credentials).
     pub async fn auth(&mut self, line: &str) -> Result<Reply, UpstreamError> {
-        match self {
-            Self::Smtp(relay) => relay.auth(line).await,
-            Self::Maildir(_) => Err(UpstreamError::Closed(Stage::Auth)),
-        }
+        let started = Instant::now();
+        let result = match &mut self.inner {
+            Inner::Smtp(relay) => relay.auth(line).await,
+            Inner::Maildir(_) => Err(UpstreamError::Closed(Stage::Auth)),
+        };
+        self.observed("auth", started, result)
     }
 
-    /// The capabilities of this session's own upstream connection (opening it if needed).
+    /// The capabilities of this session's own upstream connection (opening it if needed; a
+    /// failure to open it counts as an upstream error at `connect`).
     pub async fn connection_capabilities(&mut self) -> Result<Capabilities, UpstreamError> {
-        match self {
-            Self::Smtp(relay) => relay.connection_capabilities().await,
-            Self::Maildir(_) => Ok(Capabilities::LOCAL),
+        let started = Instant::now();
+        let result = match &mut self.inner {
+            Inner::Smtp(relay) => relay.connection_capabilities().await,
+            Inner::Maildir(_) => Ok(Capabilities::LOCAL),
+        };
+        if result.is_err() {
+            self.metrics.upstream_reply("connect", None, started.elapsed());
         }
+        result
     }
 
     /// The upstream's name for logs.
     pub fn describe(&self) -> String {
-        match self {
-            Self::Smtp(relay) => relay.describe(),
-            Self::Maildir(session) => session.describe(),
+        match &self.inner {
+            Inner::Smtp(relay) => relay.describe(),
+            Inner::Maildir(session) => session.describe(),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! message waits for a delayed ACK (lockstep proxies that write the final dot alone lose about
 //! 40 ms per message to Nagle's algorithm).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,8 @@ pub struct SmtpTarget {
     /// Tell the upstream who the client is with XCLIENT when it offers it.
     xclient: bool,
     known: RwLock<Option<Capabilities>>,
+    /// The last connection attempt got as far as a usable session.
+    reachable: AtomicBool,
     /// Idle connections kept for the next session (after a completed or reset transaction).
     pool: Mutex<Vec<(Connection, Instant)>>,
     pool_size: usize,
@@ -53,6 +56,7 @@ impl SmtpTarget {
             tls,
             xclient: up.xclient,
             known: RwLock::new(None),
+            reachable: AtomicBool::new(false),
             pool: Mutex::new(Vec::new()),
             pool_size: up.pool_size,
             pool_idle: up.pool_idle,
@@ -74,9 +78,20 @@ impl SmtpTarget {
         *self.known.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether the last connection attempt (a session's or a probe's) succeeded.
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
     /// Connects, reads the greeting, says EHLO (HELO if EHLO is refused) and, as `upstream.tls`
     /// says, STARTTLS and EHLO again.
     async fn connect(&self) -> Result<Connection, UpstreamError> {
+        let connected = self.open_session().await;
+        self.reachable.store(connected.is_ok(), Ordering::Relaxed);
+        connected
+    }
+
+    async fn open_session(&self) -> Result<Connection, UpstreamError> {
         let mut conn = Connection::open(self.addr(), &self.host, self.port, self.connect_timeout).await?;
         let greeting = conn.read_reply(Stage::Greeting, self.connect_timeout).await?;
         conn.nothing_buffered(Stage::Greeting)?;

@@ -30,6 +30,15 @@ pub enum Origin {
     Compiled,
 }
 
+impl Origin {
+    pub fn name(self) -> &'static str {
+        match self {
+            Origin::Cache => "cache",
+            Origin::Compiled => "compiled",
+        }
+    }
+}
+
 impl CompileCache {
     /// Uses `dir`, or the user's cache directory when `None`. An unusable directory disables
     /// the cache with a warning.
@@ -72,6 +81,8 @@ fn compile(engine: &Engine, wasm: &[u8]) -> anyhow::Result<Component> {
     Component::new(engine, wasm).map_err(|e| anyhow::anyhow!("{e:#}"))
 }
 
+/// `$XDG_CACHE_HOME/wasmtp` or `~/.cache/wasmtp` (a proxy that drops privileges gets
+/// `/var/cache/wasmtp` from the configuration instead).
 fn default_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)

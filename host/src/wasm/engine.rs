@@ -38,6 +38,7 @@ pub const TICK: Duration = Duration::from_millis(1);
 pub struct PluginEngine {
     pub engine: Engine,
     linker: Linker<CallState>,
+    pub allocation: Allocation,
     _ticker: Ticker,
 }
 
@@ -47,10 +48,43 @@ impl std::fmt::Debug for PluginEngine {
     }
 }
 
+/// Guard region after each linear memory. Memories are reserved at the plugins' own limit
+/// rather than wasmtime's default 4 GiB, so accesses are bounds-checked explicitly; the guard
+/// lets those checks ignore the static offset of loads and stores up to this size.
+const MEMORY_GUARD: u64 = 2 << 20;
+
+/// How plugin memory is allocated, for logs and `check-config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocation {
+    /// Pre-reserved slots: `reserved` bytes of address space, taken at start.
+    Pooling { reserved: u64 },
+    /// Each call maps its own memory (when the pool's reservation did not fit).
+    OnDemand,
+}
+
+impl std::fmt::Display for Allocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Allocation::Pooling { reserved } => {
+                write!(f, "instance pool, {} of address space reserved", bytesize::ByteSize(*reserved).display().iec())
+            }
+            Allocation::OnDemand => f.write_str("on-demand (the instance pool's reservation did not fit)"),
+        }
+    }
+}
+
 impl PluginEngine {
     /// `max_in_flight` calls may run at once (the plugins' shares together), each with up to
     /// `max_memory` bytes of memory.
+    ///
+    /// The pool reserves its address space up front: per call in flight, two linear memories of
+    /// `max_memory` plus a guard, a 1 MiB async stack and a few tables — about 4.3 GiB for 64
+    /// calls of 32 MiB plugins, instead of the half a terabyte wasmtime's 4 GiB default
+    /// reservations would take. When even that cannot be reserved (`ulimit -v`, strict
+    /// overcommit) the engine falls back to on-demand allocation, which maps each call's memory
+    /// when it starts: slower (measured in `host/benches/plugins.rs`), but it runs.
     pub fn new(max_in_flight: u32, max_memory: u64) -> anyhow::Result<Self> {
+        let reservation = max_memory.max(64 << 10).next_multiple_of(64 << 10);
         let mut pool = PoolingAllocationConfig::default();
         // A wasm32-wasip2 Rust component uses several core instances (main module, adapters,
         // shims) and a few tables and memories per component instance.
@@ -59,21 +93,30 @@ impl PluginEngine {
             .total_memories(max_in_flight * 2)
             .total_tables(max_in_flight * 4)
             .total_stacks(max_in_flight)
-            .max_memory_size(max_memory as usize)
+            .max_memory_size(reservation as usize)
             .decommit_batch_size(DECOMMIT_BATCH);
-        let mut config = Config::new();
-        config
-            .epoch_interruption(true)
-            .max_wasm_stack(512 << 10)
-            .async_stack_size(1 << 20)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot create the plugin engine: {e:#}"))?;
+        let memories = u64::from(max_in_flight) * 2;
+        let reserved = memories * (reservation + MEMORY_GUARD) + u64::from(max_in_flight) * (ASYNC_STACK as u64);
+        let (engine, allocation) = match Engine::new(&engine_config(reservation, Some(pool))) {
+            Ok(engine) => (engine, Allocation::Pooling { reserved }),
+            Err(pooled) => {
+                let engine = Engine::new(&engine_config(reservation, None))
+                    .map_err(|e| anyhow::anyhow!("cannot create the plugin engine: {e:#}"))?;
+                tracing::warn!(
+                    error = %format!("{pooled:#}"),
+                    wanted = %bytesize::ByteSize(reserved).display().iec(),
+                    "cannot reserve address space for the plugin instance pool; \
+                     allocating plugin memory on demand instead (slower calls)"
+                );
+                (engine, Allocation::OnDemand)
+            }
+        };
         let mut linker = Linker::<CallState>::new(&engine);
         link_minimal_wasi(&mut linker).map_err(|e| anyhow::anyhow!("{e:#}"))?;
         Filter::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
             .map_err(|e| anyhow::anyhow!("{e:#}"))?;
         let ticker = Ticker::start(engine.clone());
-        Ok(Self { engine, linker, _ticker: ticker })
+        Ok(Self { engine, linker, allocation, _ticker: ticker })
     }
 
     /// Compiles (or loads from the cache) and links a plugin component.
@@ -85,6 +128,27 @@ impl PluginEngine {
             .context("the component does not export the wasmtp:filter world")?;
         Ok((pre, origin))
     }
+}
+
+/// Each call's async stack.
+const ASYNC_STACK: usize = 1 << 20;
+
+/// The engine settings; the same tunables with and without the pool, so compiled plugins (and
+/// the compile cache) suit both.
+fn engine_config(reservation: u64, pool: Option<PoolingAllocationConfig>) -> Config {
+    let mut config = Config::new();
+    config
+        .epoch_interruption(true)
+        .max_wasm_stack(512 << 10)
+        .async_stack_size(ASYNC_STACK)
+        .memory_reservation(reservation)
+        .memory_guard_size(MEMORY_GUARD)
+        .memory_reservation_for_growth(0)
+        .guard_before_linear_memory(false);
+    if let Some(pool) = pool {
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
 }
 
 /// `wasi:io` bindings work on the resource table alone.

@@ -18,12 +18,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use self::cache::{CompileCache, Origin};
-use self::engine::PluginEngine;
+use self::engine::{Allocation, PluginEngine};
 use self::sandbox::WasmSandbox;
 use crate::config::{Config, PluginConfig};
 use crate::filter::host::HostContext;
 use crate::filter::kv::KvStore;
 use crate::filter::{Chain, Plugin};
+use crate::metrics::Metrics;
 
 /// Time allowed for a plugin's `manifest()` at load.
 const MANIFEST_BUDGET: Duration = Duration::from_secs(1);
@@ -36,37 +37,50 @@ pub struct LoadReport {
     pub elapsed: Duration,
 }
 
-/// Compiles (or loads from the compile cache) every configured plugin and reads its manifest.
-/// Any failure is an error naming the plugin: the proxy does not start with a plugin it cannot
-/// run.
-pub async fn load(config: &Config) -> anyhow::Result<(Chain, Vec<LoadReport>)> {
+/// What a loaded chain runs on: the engine's memory allocation and each plugin's load.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub allocation: Option<Allocation>,
+    pub plugins: Vec<LoadReport>,
+}
+
+/// [`load_with`] a store and metrics of the chain's own (`check-config`, tests, benchmarks).
+pub async fn load(config: &Config) -> anyhow::Result<(Chain, Loaded)> {
+    load_with(config, Arc::default(), Arc::default()).await
+}
+
+/// Compiles (or loads from the compile cache) every configured plugin and reads its manifest,
+/// on an engine of its own (a reload's new plugins never compete with the old ones for pool
+/// slots). Any failure is an error naming the plugin: the proxy does not start, or a reload
+/// does not happen, with a plugin it cannot run.
+pub async fn load_with(config: &Config, kv: Arc<KvStore>, metrics: Arc<Metrics>) -> anyhow::Result<(Chain, Loaded)> {
     if config.plugins.is_empty() {
-        return Ok((Chain::empty(), Vec::new()));
+        return Ok((Chain::new(Vec::new(), kv, metrics), Loaded { allocation: None, plugins: Vec::new() }));
     }
     let max_memory = config.plugins.iter().map(|p| p.limits.memory.bytes()).max().unwrap_or(32 << 20);
     let shares: Vec<u32> = config.plugins.iter().map(|p| concurrency(config, p)).collect();
     let engine = Arc::new(PluginEngine::new(shares.iter().sum(), max_memory)?);
     let cache = CompileCache::open(config.sandbox.cache_dir.as_deref());
-    let kv = Arc::new(KvStore::new());
     let mut plugins = Vec::new();
     let mut reports = Vec::new();
-    for (pc, share) in config.plugins.iter().zip(shares) {
+    for (i, (pc, share)) in config.plugins.iter().zip(shares).enumerate() {
         let started = Instant::now();
         let (plugin, origin) = load_one(&engine, &cache, pc, share, &kv)
             .await
-            .with_context(|| format!("plugin `{}` ({})", pc.name, pc.path.display()))?;
+            .with_context(|| format!("plugin `{}` (field `plugins[{i}]`, {})", pc.name, pc.path.display()))?;
         let elapsed = started.elapsed();
         tracing::info!(
             plugin = %plugin.name,
             manifest = %plugin.manifest,
-            ?origin,
+            origin = origin.name(),
             load_ms = elapsed.as_secs_f64() * 1000.0,
             "plugin loaded"
         );
         reports.push(LoadReport { name: pc.name.clone(), origin, elapsed });
         plugins.push(plugin);
     }
-    Ok((Chain::new(plugins, kv), reports))
+    let loaded = Loaded { allocation: Some(engine.allocation), plugins: reports };
+    Ok((Chain::new(plugins, kv, metrics), loaded))
 }
 
 /// A plugin's share of the instance pool: its own calls wait only for each other, so a slow

@@ -1,6 +1,7 @@
 //! Test harness: the proxy in-process on 127.0.0.1:0, a raw-socket SMTP client, a recording
 //! upstream with fault injection, and Postfix's smtp-sink as a real upstream.
 
+pub mod binary;
 pub mod certs;
 pub mod client;
 pub mod dns;
@@ -18,6 +19,7 @@ use tokio::task::JoinHandle;
 use wasmtp::config::{ListenerConfig, ListenerMode};
 use wasmtp::server::BoundListener;
 
+pub use binary::Binary;
 pub use client::Client;
 pub use logs::Logs;
 pub use recorder::{Fault, Recorder, Script};
@@ -31,6 +33,8 @@ pub struct TestProxy {
     pub addr: SocketAddr,
     /// Every listener's address, in the order they were asked for.
     pub addrs: Vec<SocketAddr>,
+    /// The admin listener's address, when it has one.
+    pub admin: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -73,6 +77,18 @@ impl TestProxy {
         Self::start_tweaked(config, upstream, modes, |_| {}).await
     }
 
+    /// Starts the proxy with an admin listener on a free loopback port (no pooling).
+    pub async fn start_admin(mut config: wasmtp::Config, upstream: &str) -> Self {
+        config.upstream.pool_size = 0;
+        config.admin.listen = Some("127.0.0.1:0".parse().unwrap());
+        Self::start_tweaked(config, upstream, &[ListenerMode::Smtp], |_| {}).await
+    }
+
+    /// The admin listener's `http://` base URL.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin.expect("started with an admin listener"))
+    }
+
     async fn start_tweaked(
         mut config: wasmtp::Config,
         upstream: &str,
@@ -97,10 +113,17 @@ impl TestProxy {
         }
         let addrs: Vec<_> = listeners.iter().map(|l| l.config.address).collect();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(wasmtp::server::run_listeners(listeners, config, async {
+        let mut server = wasmtp::server::Server::new(listeners, config.clone());
+        let mut admin = None;
+        if let Some(listen) = config.admin.listen {
+            let tcp = TcpListener::bind(listen).await.expect("bind admin");
+            admin = Some(tcp.local_addr().unwrap());
+            server = server.with_admin(tcp);
+        }
+        let task = tokio::spawn(server.run(async {
             let _ = stopped.await;
         }));
-        Self { addr: addrs[0], addrs, stop: Some(stop), task }
+        Self { addr: addrs[0], addrs, admin, stop: Some(stop), task }
     }
 
     pub async fn client(&self) -> Client {
@@ -146,6 +169,32 @@ pub fn plugin(name: &str, wasm: &str, config: serde_json::Value) -> wasmtp::conf
 /// A default configuration with these plugins, in order.
 pub fn with_plugins(plugins: Vec<wasmtp::config::PluginConfig>) -> wasmtp::Config {
     wasmtp::Config { plugins, ..Default::default() }
+}
+
+/// A plain HTTP GET with Python's urllib (a client independent of the proxy's own HTTP stack):
+/// the status and the body.
+pub async fn http_get(url: &str) -> (u16, String) {
+    http("GET", url).await
+}
+
+/// A request with `method` and no body, by Python's urllib: the status and the body.
+pub async fn http(method: &str, url: &str) -> (u16, String) {
+    const SCRIPT: &str = r#"
+import sys, urllib.request, urllib.error
+request = urllib.request.Request(sys.argv[2], method=sys.argv[1])
+try:
+    response = urllib.request.urlopen(request, timeout=15)
+    code, body = response.status, response.read()
+except urllib.error.HTTPError as e:
+    code, body = e.code, e.read()
+sys.stdout.write(str(code) + "\n" + body.decode())
+"#;
+    let request = tokio::process::Command::new("python3").args(["-c", SCRIPT, method, url]).output();
+    let out = tokio::time::timeout(WAIT, request).await.expect("HTTP request within the bound").expect("python3 runs");
+    assert!(out.status.success(), "python3: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (code, body) = text.split_once('\n').expect("status line");
+    (code.parse().expect("status code"), body.to_string())
 }
 
 /// A free loopback port for programs that cannot take port 0.
