@@ -10,6 +10,12 @@
 #   BASELINE_BIN=/tmp/wasmtp-old WITH_HARAKA=0 bench/e2e.sh
 #                                 # also run another build (e.g. the previous main) with the same
 #                                 # configurations, measured back to back, and print the ratios
+#   WITH_ADMIN=1 WITH_HARAKA=0 CASES="50:5120:5000" bench/e2e.sh
+#                                 # also run the +3 plugins proxy with its admin listener scraped
+#                                 # every second, and print its ratio to the one without
+#   WITH_TLS=1 WITH_HARAKA=0 CASES="10:5120:2000" bench/e2e.sh
+#                                 # also measure STARTTLS against plain on the proxy without
+#                                 # plugins (bench/tls.py), and RSS per idle TLS session
 #
 # Needs postfix (smtp-sink, smtp-source; scripts/setup --test installs it) and node/npm for
 # Haraka (peers.sh installs Haraka with npm under $W). Leaves nothing running.
@@ -23,6 +29,10 @@ export TAG=${TAG:-wasmtp-$(date +%Y%m%d-%H%M%S)}
 export RESULTS=${RESULTS:-$W/results.csv}
 export WITH_HARAKA=${WITH_HARAKA:-1}
 BASELINE_BIN=${BASELINE_BIN:-}
+WITH_ADMIN=${WITH_ADMIN:-0}
+WITH_TLS=${WITH_TLS:-0}
+ADMIN_PORT=2544
+ADMIN_HTTP=2545
 BARE_PORT=2540
 PLUGINS_PORT=2541
 BASE_BARE_PORT=2542
@@ -36,7 +46,7 @@ GUESTS=$ROOT/guest-plugins/target/wasm32-wasip2/release
 
 ulimit -n 65536 2>/dev/null || true
 cleanup() {
-  for f in wasmtp wasmtp3 base base3; do
+  for f in wasmtp wasmtp3 base base3 admin3 scraper; do
     if [ -f "$W/$f.pid" ]; then kill "$(cat "$W/$f.pid")" 2>/dev/null || true; rm -f "$W/$f.pid"; fi
   done
   bash bench/peers.sh stop || true
@@ -108,6 +118,13 @@ if [ -n "$BASELINE_BIN" ]; then
   start_wasmtp base3 "$W/wasmtp3.toml" $BASE_PLUGINS_PORT "$BASELINE_BIN"
   TARGETS="$TARGETS base:$BASE_BARE_PORT:$W/base.pid base3:$BASE_PLUGINS_PORT:$W/base3.pid"
 fi
+if [ "$WITH_ADMIN" = 1 ]; then
+  { cat "$W/wasmtp3.toml"; printf '\n[admin]\nlisten = "127.0.0.1:%s"\n' $ADMIN_HTTP; } >"$W/admin3.toml"
+  start_wasmtp admin3 "$W/admin3.toml" $ADMIN_PORT
+  (while sleep 1; do curl -s -o /dev/null "http://127.0.0.1:$ADMIN_HTTP/metrics" || true; done) &
+  echo $! >"$W/scraper.pid"
+  TARGETS="$TARGETS admin3:$ADMIN_PORT:$W/admin3.pid"
+fi
 export TARGETS
 bash bench/peers.sh bench | tee "$W/$TAG.summary.md"
 
@@ -120,7 +137,20 @@ if [ -n "$BASELINE_BIN" ]; then
   python3 bench/ratios.py "$RESULTS" "$TAG" baseline | tee -a "$W/$TAG.summary.md"
 fi
 
+if [ "$WITH_ADMIN" = 1 ]; then
+  echo
+  echo "## +3 plugins with the admin listener scraped every second, against without, same run"
+  python3 bench/ratios.py "$RESULTS" "$TAG" admin | tee -a "$W/$TAG.summary.md"
+fi
+
 echo
 echo "## Memory per session"
 python3 bench/sessions.py $BARE_PORT "$(cat "$W/wasmtp.pid")" 10000 | tee -a "$W/$TAG.summary.md"
 python3 bench/sessions.py $PLUGINS_PORT "$(cat "$W/wasmtp3.pid")" 10000 | tee -a "$W/$TAG.summary.md"
+
+if [ "$WITH_TLS" = 1 ]; then
+  echo
+  echo "## STARTTLS against plain, wasmtp without plugins, same run (bench/tls.py)"
+  python3 bench/tls.py $BARE_PORT "$(cat "$W/wasmtp.pid")" --conc 10,50 --messages 2000 --idle 10000 \
+    | tee -a "$W/$TAG.summary.md"
+fi

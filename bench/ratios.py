@@ -6,7 +6,10 @@ messages/s ratios (paired per repetition, medians), proxy CPU per 1000 messages 
 With `baseline`, compares this build (targets wasmtp, wasmtp3) with another build measured in
 the same run (targets base, base3): messages/s ratios and CPU per message of both.
 
-usage: ratios.py RESULTS.csv TAG [baseline]"""
+With `admin`, compares the +3 plugins proxy scraped through its admin listener (target admin3)
+with the same configuration without one (wasmtp3).
+
+usage: ratios.py RESULTS.csv TAG [baseline|admin]"""
 import csv
 import statistics as st
 import sys
@@ -52,6 +55,14 @@ if len(sys.argv) > 3 and sys.argv[3] == "baseline":
               f"{ratio('wasmtp3', 'base3', conc, size):.3f} | "
               f"{cpu_per_msg('wasmtp', conc, size):.3f}, {cpu_per_msg('base', conc, size):.3f} | "
               f"{cpu_per_msg('wasmtp3', conc, size):.3f}, {cpu_per_msg('base3', conc, size):.3f} |")
+    sys.exit(0)
+
+if len(sys.argv) > 3 and sys.argv[3] == "admin":
+    print("| case | msg/s with admin + scraping / without | proxy CPU ms/msg: with, without |")
+    print("|---|---|---|")
+    for conc, size in cases:
+        print(f"| c={conc}, {size // 1024} KiB | {ratio('admin3', 'wasmtp3', conc, size):.3f} | "
+              f"{cpu_per_msg('admin3', conc, size):.3f}, {cpu_per_msg('wasmtp3', conc, size):.3f} |")
     sys.exit(0)
 
 print("| case | direct msg/s | wasmtp msg/s | wasmtp+3 plugins msg/s | Haraka msg/s | +3 plugins / direct (target) "

@@ -441,6 +441,7 @@ async fn the_quickstart_starts_under_an_8_gib_address_space_limit() {
     ] {
         quickstart = quickstart.replace(&format!("guest-plugins/target/wasm32-wasip2/release/{file}.wasm"), built);
     }
+    quickstart = quickstart.replace("127.0.0.1:9025", &format!("127.0.0.1:{}", free_port()));
     let cache = format!("[sandbox]\ncache_dir = {:?}\n", shared_compile_cache());
     std::fs::write(dir.path().join("quickstart.toml"), quickstart.replace("[sandbox]\n", &cache)).unwrap();
     let listen = format!("127.0.0.1:{port}");
