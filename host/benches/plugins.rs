@@ -7,6 +7,10 @@
 //! 3. How long past its budget a spinning plugin keeps running.
 //! 4. A restart of the real binary with 5 plugins and a warm compile cache: time to the first
 //!    accepted connection, against the same binary without plugins.
+//! 5. Each plugin of the end-to-end benchmark per call.
+//! 6. The external tagger in Rust, Python and JavaScript: a data-stage call with its fresh
+//!    sandbox (p50, p99, as a ratio to the Rust one), the load time cold and from the compile
+//!    cache, and the resident memory with 50 calls in flight.
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -162,6 +166,76 @@ async fn example_plugins(cache: &std::path::Path) {
     }
 }
 
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next());
+    kib.and_then(|k| k.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+}
+
+/// The external tagger per language.
+async fn taggers_by_language() {
+    let config = json!({"internal_domains": ["internal.example"], "reject_recipients": ["x@example.org"]});
+    let (headers, body) = message_of_size(5 << 10);
+    println!("6. external tagger at DATA (tags an external 5 KiB message), fresh sandbox per call:");
+    let mut rust_p50 = None;
+    for (language, path, calls) in [
+        ("rust", wasm::EXTERNAL_TAGGER, 2000),
+        ("python", wasm::EXTERNAL_TAGGER_PY, 300),
+        ("js", wasm::EXTERNAL_TAGGER_JS, 300),
+    ] {
+        let cache = tempfile::tempdir().unwrap();
+        let configured = || config_with(vec![plugin("tagger", path, config.clone())], cache.path());
+        let started = Instant::now();
+        drop(wasmtp::wasm::load(&configured()).await.unwrap());
+        let cold = started.elapsed();
+        let started = Instant::now();
+        let (chain, _) = wasmtp::wasm::load(&configured()).await.unwrap();
+        let cached = started.elapsed();
+        let chain = Arc::new(chain);
+        let mut samples = Vec::new();
+        for i in 0..calls + 20 {
+            let mut state = data_state(&headers, &body);
+            let started = Instant::now();
+            assert_eq!(run_stage(&chain, &mut state).await, Outcome::Continue);
+            if i >= 20 {
+                samples.push(started.elapsed());
+            }
+            let subject = state.headers.iter().find(|f| f.name.eq_ignore_ascii_case("subject"));
+            assert!(subject.is_some_and(|f| f.value.starts_with("[EXTERNAL]")), "{language}: tagged");
+        }
+        samples.sort();
+        let (p50, p99) = (percentile(&samples, 0.5), percentile(&samples, 0.99));
+        let rust = *rust_p50.get_or_insert(p50);
+        // 50 calls at once, twice over; the peak RSS while they run.
+        let before = rss_mib();
+        let mut peak = before;
+        for _ in 0..2 {
+            let mut inflight = tokio::task::JoinSet::new();
+            for _ in 0..50 {
+                let (chain, mut state) = (chain.clone(), data_state(&headers, &body));
+                inflight.spawn(async move { run_stage(&chain, &mut state).await });
+            }
+            while let Some(outcome) = inflight.join_next().await {
+                assert_eq!(outcome.unwrap(), Outcome::Continue);
+                peak = peak.max(rss_mib());
+            }
+        }
+        let target =
+            if language == "rust" { String::new() } else { format!(", {:.2}x the 1.5 ms target", us(p50) / 1500.0) };
+        println!(
+            "   {language:6} p50 {:7.1} us ({:5.1}x rust{}), p99 {:7.1} us; load cold {:6.0} ms, cached {:5.1} ms ({:.2}x the 200 ms target); \
+             RSS {before:.0} MiB, {peak:.0} MiB with 50 in flight",
+            us(p50),
+            us(p50) / us(rust),
+            target,
+            us(p99),
+            cold.as_secs_f64() * 1e3,
+            cached.as_secs_f64() * 1e3,
+            cached.as_secs_f64() / 0.2,
+        );
+    }
+}
+
 async fn spin_overshoot(cache: &std::path::Path) {
     let budget = Duration::from_millis(20);
     let mut spinner = plugin("spinner", wasm::HOSTILE, json!({"behaviour": "spin"}));
@@ -261,12 +335,13 @@ fn main() {
     }
     println!("wasmtp plugin runtime benchmark; load average {}", loadavg());
     let cache = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
         stage_call(cache.path()).await;
         data_call(cache.path()).await;
         spin_overshoot(cache.path()).await;
         example_plugins(cache.path()).await;
+        taggers_by_language().await;
     });
     restart(cache.path());
     println!("load average {}", loadavg());

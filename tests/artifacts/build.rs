@@ -47,6 +47,21 @@ fn main() {
         let stem = path.file_stem().unwrap().to_string_lossy().to_uppercase().replace('-', "_");
         consts.push_str(&format!("pub const {stem}: &str = {:?};\n", path.display().to_string()));
     }
+    // The Python and JavaScript plugins, built by the project's own script (componentize-py
+    // and componentize-js, pinned; scripts/setup --test installs them).
+    let polyglot = out_dir.join("polyglot");
+    for entry in ["python", "js/external-tagger", "js/probe", "js/wasmtp-filter.js", "js/package-lock.json"] {
+        rerun_if_changed(&guests.join(entry));
+    }
+    let script = manifest_dir.join("../../scripts/build-polyglot");
+    rerun_if_changed(&script);
+    let status = Command::new("bash").arg(&script).arg(&polyglot).status().expect("run scripts/build-polyglot");
+    assert!(status.success(), "building the Python and JavaScript plugins failed (run scripts/setup --test)");
+    for name in ["external-tagger-py", "probe-py", "external-tagger-js", "probe-js"] {
+        let path = polyglot.join(format!("{name}.wasm"));
+        let stem = name.to_uppercase().replace('-', "_");
+        consts.push_str(&format!("pub const {stem}: &str = {:?};\n", path.display().to_string()));
+    }
     std::fs::write(out_dir.join("artifacts.rs"), consts).unwrap();
 }
 

@@ -13,6 +13,7 @@ mod lifecycle;
 mod limits;
 mod operations;
 mod plugins;
+mod polyglot;
 mod postfix;
 mod sandbox;
 mod smuggling;

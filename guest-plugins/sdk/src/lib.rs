@@ -5,9 +5,13 @@
 //! cares about — and lists them in its [`Manifest`], because the host calls a plugin only at
 //! the stages the manifest declares.
 //!
+//! A plugin's settings (`[plugins.config]` in the wasmtp configuration) arrive as its
+//! [`Filter::Config`], deserialized by the SDK. The host checks them once when it loads the
+//! plugin (the contract's `init`), so a typo stops `wasmtp check-config` and the start with
+//! the plugin's own message, naming the plugin; no SMTP client ever sees it.
+//!
 //! Every call runs in a fresh sandbox: statics and heap do not survive between calls. Keep state
-//! in [`notes`] (per transaction) or [`kv`] (shared, with expiry). Read your settings with
-//! [`config`].
+//! in [`notes`] (per transaction) or [`kv`] (shared, with expiry).
 //!
 //! The complete example below is `fixtures/sdk-example` in this repository, built and tested
 //! by the host's test suite as it stands here:
@@ -17,12 +21,14 @@
 //! ```
 //!
 //! Build it as a `cdylib` for `wasm32-wasip2` (`cargo build --release --target wasm32-wasip2`)
-//! and list the `.wasm` file under `[[plugins]]` in the wasmtp configuration.
+//! and list the `.wasm` file under `[[plugins]]` in the wasmtp configuration. The SDK carries
+//! its own copy of the contract (`wit/filter.wit`, `wasmtp:filter@0.2.0`), so it builds
+//! outside this repository too.
 
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit",
+        path: "wit",
         world: "filter",
         pub_export_macro: true,
         export_macro_name: "__export_filter",
@@ -36,51 +42,63 @@ pub use bindings::wasmtp::filter::types::{
     EditKind, Envelope, Header, HeaderChange, HeaderInsert, HeaderRef, IprevCheck, Manifest, Message, Param, Reply,
     SpfCheck, Stage, TlsInfo, Verdict,
 };
-pub use wit_host::Level;
+pub use wit_host::{KvError, Level};
 
-/// A filter plugin. Each method is called at one SMTP stage, only if the manifest lists it.
+/// A filter plugin. Each method is called at one SMTP stage, only if the manifest lists it,
+/// with the plugin's settings.
 ///
 /// Every method returns a [`Decision`]: a verdict ([`Decision::next`], [`Decision::accept`],
 /// [`Decision::reject`], [`Decision::tempfail`], [`Decision::disconnect`]) plus edits. Edits
 /// must be of a kind the manifest lists and allowed at the stage, or the host treats the call
 /// as a fault and applies the plugin's `on_error` policy.
 pub trait Filter {
-    /// What the plugin is and needs. Called once when the host loads the plugin.
-    fn manifest() -> Manifest;
+    /// The plugin's settings, deserialized from its `[plugins.config]` table (JSON on the wire;
+    /// a missing table is `{}`). Use `#[serde(deny_unknown_fields)]` so a misspelt key is an
+    /// error at load, and [`NoConfig`] for a plugin without settings.
+    type Config: serde::de::DeserializeOwned;
+
+    /// What the plugin is and needs. Called once when the host loads the plugin, after its
+    /// settings passed (so the stages can depend on them).
+    fn manifest(config: &Self::Config) -> Manifest;
 
     /// A client connected, before the greeting. Rejecting here makes the greeting a 554 and
     /// every command but QUIT a 503.
-    fn on_connect(conn: &Connection) -> Decision {
-        let _ = conn;
+    fn on_connect(config: &Self::Config, conn: &Connection) -> Decision {
+        let _ = (config, conn);
         Decision::next()
     }
 
     /// The client said HELO or EHLO.
-    fn on_ehlo(conn: &Connection, helo: &str) -> Decision {
-        let _ = (conn, helo);
+    fn on_ehlo(config: &Self::Config, conn: &Connection, helo: &str) -> Decision {
+        let _ = (config, conn, helo);
         Decision::next()
     }
 
     /// The client sent MAIL FROM. Allowed edit: set-sender (applied before MAIL is relayed).
-    fn on_mail(conn: &Connection, sender: &Address) -> Decision {
-        let _ = (conn, sender);
+    fn on_mail(config: &Self::Config, conn: &Connection, sender: &Address) -> Decision {
+        let _ = (config, conn, sender);
         Decision::next()
     }
 
     /// The client sent RCPT TO; `envelope` holds what was accepted so far. Allowed edits:
     /// add-recipient, remove-recipient (removing `recipient` itself means it is not relayed).
-    fn on_rcpt(conn: &Connection, envelope: &Envelope, recipient: &Address) -> Decision {
-        let _ = (conn, envelope, recipient);
+    fn on_rcpt(config: &Self::Config, conn: &Connection, envelope: &Envelope, recipient: &Address) -> Decision {
+        let _ = (config, conn, envelope, recipient);
         Decision::next()
     }
 
     /// The whole message arrived, nothing of it has gone upstream yet. Every edit kind is
     /// allowed; envelope edits make the host replay MAIL/RCPT upstream.
-    fn on_data(conn: &Connection, envelope: &Envelope, message: &Message) -> Decision {
-        let _ = (conn, envelope, message);
+    fn on_data(config: &Self::Config, conn: &Connection, envelope: &Envelope, message: &Message) -> Decision {
+        let _ = (config, conn, envelope, message);
         Decision::next()
     }
 }
+
+/// The settings of a plugin that has none: only an empty (or missing) table is accepted.
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoConfig {}
 
 /// Exports a [`Filter`] implementation as the plugin's component exports.
 #[macro_export]
@@ -88,39 +106,73 @@ macro_rules! export {
     ($filter:ty) => {
         const _: () = {
             struct __WasmtpExport;
+            type __Config = <$filter as $crate::Filter>::Config;
 
             impl $crate::bindings::Guest for __WasmtpExport {
+                fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                    $crate::parse_config::<__Config>(&config).map(drop)
+                }
                 fn manifest() -> $crate::Manifest {
-                    <$filter as $crate::Filter>::manifest()
+                    match $crate::parse_config::<__Config>(&$crate::config_json()) {
+                        Ok(config) => <$filter as $crate::Filter>::manifest(&config),
+                        // The host calls `init` first and refuses the plugin when it fails, so
+                        // this only happens when something else than wasmtp loads the plugin.
+                        Err(err) => panic!("{err}"),
+                    }
                 }
                 fn on_connect(conn: $crate::Connection) -> $crate::Decision {
-                    <$filter as $crate::Filter>::on_connect(&conn)
+                    $crate::with_config(|c: &__Config| <$filter as $crate::Filter>::on_connect(c, &conn))
                 }
                 fn on_ehlo(conn: $crate::Connection, helo: ::std::string::String) -> $crate::Decision {
-                    <$filter as $crate::Filter>::on_ehlo(&conn, &helo)
+                    $crate::with_config(|c: &__Config| <$filter as $crate::Filter>::on_ehlo(c, &conn, &helo))
                 }
                 fn on_mail(conn: $crate::Connection, sender: $crate::Address) -> $crate::Decision {
-                    <$filter as $crate::Filter>::on_mail(&conn, &sender)
+                    $crate::with_config(|c: &__Config| <$filter as $crate::Filter>::on_mail(c, &conn, &sender))
                 }
                 fn on_rcpt(
                     conn: $crate::Connection,
                     envelope: $crate::Envelope,
                     recipient: $crate::Address,
                 ) -> $crate::Decision {
-                    <$filter as $crate::Filter>::on_rcpt(&conn, &envelope, &recipient)
+                    $crate::with_config(|c: &__Config| {
+                        <$filter as $crate::Filter>::on_rcpt(c, &conn, &envelope, &recipient)
+                    })
                 }
                 fn on_data(
                     conn: $crate::Connection,
                     envelope: $crate::Envelope,
                     message: $crate::Message,
                 ) -> $crate::Decision {
-                    <$filter as $crate::Filter>::on_data(&conn, &envelope, &message)
+                    $crate::with_config(|c: &__Config| {
+                        <$filter as $crate::Filter>::on_data(c, &conn, &envelope, &message)
+                    })
                 }
             }
 
     $crate::bindings::__export_filter!(__WasmtpExport with_types_in $crate::bindings);
         };
     };
+}
+
+/// Parses a plugin's settings from their JSON text, with the path of the offending field in
+/// the message (e.g. "unknown field `forbidden_extensionz`, expected one of ... at line 1").
+pub fn parse_config<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, String> {
+    let json = if json.trim().is_empty() { "{}" } else { json };
+    serde_json::from_str(json).map_err(|e| format!("invalid plugin config: {e}"))
+}
+
+/// Runs a stage with the plugin's settings. They passed `init` when the plugin was loaded, so
+/// a failure here is the host's doing; the detail goes to the log and the client gets a plain
+/// temporary failure, never the plugin's internal error text.
+#[doc(hidden)]
+pub fn with_config<T: serde::de::DeserializeOwned>(stage: impl FnOnce(&T) -> Decision) -> Decision {
+    match parse_config::<T>(&config_json()) {
+        Ok(config) => stage(&config),
+        Err(err) => {
+            log(Level::Error, &err);
+            Decision::tempfail(451, "4.3.0", "Temporary local problem, try again later")
+        }
+    }
 }
 
 impl Manifest {
@@ -268,11 +320,6 @@ pub fn log(level: Level, message: &str) {
     wit_host::log(level, message);
 }
 
-/// The plugin's `config` table, deserialized. A missing table is `{}`.
-pub fn config<T: serde::de::DeserializeOwned>() -> Result<T, String> {
-    serde_json::from_str(&wit_host::config()).map_err(|e| format!("invalid plugin config: {e}"))
-}
-
 /// The plugin's `config` table as JSON text.
 pub fn config_json() -> String {
     wit_host::config()
@@ -295,22 +342,24 @@ pub mod notes {
 pub mod kv {
     use std::time::Duration;
 
-    use super::wit_host;
+    use super::{KvError, wit_host};
 
     fn millis(ttl: Option<Duration>) -> Option<u64> {
         ttl.map(|d| d.as_millis().min(u128::from(u64::MAX)) as u64)
     }
 
-    pub fn get(key: &str) -> Option<Vec<u8>> {
+    /// The value at `key`, if any. An error means the store could not answer; what that means
+    /// for the message is the plugin's call (usually `tempfail`, or let it through).
+    pub fn get(key: &str) -> Result<Option<Vec<u8>>, KvError> {
         wit_host::kv_get(key)
     }
 
-    pub fn set(key: &str, value: &[u8], ttl: Option<Duration>) {
+    pub fn set(key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), KvError> {
         wit_host::kv_set(key, value, millis(ttl))
     }
 
     /// Adds `delta` to a counter; `ttl` applies when the counter is created (a fixed window).
-    pub fn incr(key: &str, delta: i64, ttl: Option<Duration>) -> i64 {
+    pub fn incr(key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
         wit_host::kv_incr(key, delta, millis(ttl))
     }
 }

@@ -1,5 +1,5 @@
 //! The filter API in plain Rust: what a plugin is called with at each stage and what it answers.
-//! The plugin contract (`wit/filter.wit`) is one rendering of these types; its converter lives
+//! The plugin contract (`wit/0.2.0/filter.wit`) is one rendering of these types; its converter lives
 //! with the WebAssembly runtime, so the chain, the edit model and the merge rules are written and
 //! tested against these alone.
 

@@ -1,5 +1,5 @@
 //! The filter core: the configured plugins, run in order at each stage they declare, with the
-//! merge and edit rules of the plugin contract (`wit/filter.wit`). It knows no WebAssembly: a
+//! merge and edit rules of the plugin contract (`wit/0.2.0/filter.wit`). It knows no WebAssembly: a
 //! plugin is an [`api::Manifest`], its policies and a [`Sandbox`] to call.
 //!
 //! - [`api`]: the stage inputs and plugin answers in plain Rust;
@@ -306,6 +306,7 @@ impl Chain {
                         // Debug-quoted: a plugin's text cannot start a log line of its own.
                         detail = ?truncated(&fault.detail, MAX_LOGGED_DETAIL),
                         stderr = ?truncated(&fault.stderr, MAX_LOGGED_DETAIL * 4),
+                        backtrace = ?truncated(&fault.backtrace, MAX_LOGGED_DETAIL * 4),
                         latency_us,
                         on_error = plugin.on_error.name(),
                         suppressed_since_last = suppressed,

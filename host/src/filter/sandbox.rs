@@ -20,6 +20,8 @@ pub enum FaultKind {
     Memory,
     /// A trap: panic, stack overflow, out-of-bounds access, unreachable.
     Crash,
+    /// An interpreted guest's uncaught exception (a Python traceback, a JavaScript error).
+    Exception,
     /// The plugin broke a host-call limit (too many calls, too much data, oversized keys).
     HostCallBudget,
     /// The host failed while serving the plugin.
@@ -37,6 +39,7 @@ impl FaultKind {
             FaultKind::Timeout => "timeout",
             FaultKind::Memory => "memory",
             FaultKind::Crash => "crash",
+            FaultKind::Exception => "exception",
             FaultKind::HostCallBudget => "host-call-budget",
             FaultKind::Host => "host-error",
             FaultKind::Invalid => "invalid-answer",
@@ -51,17 +54,19 @@ impl fmt::Display for FaultKind {
     }
 }
 
-/// A failed call: what happened, the detail, and what the plugin wrote to stderr.
+/// A failed call: what happened, the detail, what the plugin wrote to stderr (and stdout), and
+/// the guest's backtrace when it trapped (innermost frame first; empty otherwise).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fault {
     pub kind: FaultKind,
     pub detail: String,
     pub stderr: String,
+    pub backtrace: String,
 }
 
 impl Fault {
     pub fn new(kind: FaultKind, detail: impl Into<String>) -> Self {
-        Self { kind, detail: detail.into(), stderr: String::new() }
+        Self { kind, detail: detail.into(), stderr: String::new(), backtrace: String::new() }
     }
 }
 

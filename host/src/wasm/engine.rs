@@ -1,29 +1,33 @@
-//! The plugin engine: one wasmtime `Engine` per process, its epoch ticker thread, and the minimal
-//! WASI linker plugins are prepared against (compile or cache → `InstancePre`).
+//! The plugin engine: one wasmtime `Engine` per configuration generation, its epoch ticker
+//! thread, and the deny-by-default WASI linker plugins are prepared against (compile or cache →
+//! `InstancePre`).
 //!
 //! Recipe, measured on this machine kind: epoch interruption with a 1 ms ticker; a 512 KiB wasm
-//! stack; the pooling allocator sized to plugin calls in flight (each plugin's own semaphore in
-//! front, so a call waits for a slot of its plugin's share instead of failing); wasmtime's trimmed feature set (its
-//! defaults turn on the concurrent component-model machinery, which doubles the cost of a
-//! call). Plugins get only `wasi:io`, `wasi:cli`, `wasi:clocks` and `wasi:random`, with no
-//! environment, arguments, files or sockets; a plugin importing anything else fails to load.
+//! stack; the pooling allocator sized from the plugins themselves (each plugin's share of calls
+//! in flight × the core instances, memories and tables one instantiation of it takes, counted
+//! by [`super::component`]), with each plugin's own semaphore in front, so a call waits for a
+//! slot of its plugin's share instead of failing; wasmtime's trimmed feature set (its defaults
+//! turn on the concurrent component-model machinery, which doubles the cost of a call).
+//!
+//! WASI: every WASI 0.2 interface wasmtime-wasi implements is linked, because real toolchains
+//! (componentize-py, componentize-js, wasi-libc) import filesystem and sockets whether or not
+//! a plugin uses them, but a plugin gains no capability: no preopened directory, no
+//! environment or arguments, every socket address and name lookup denied. `wasi:http` is not
+//! linked at all. Measured: what is linked does not change the cost of a call.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::Context;
-use wasmtime::component::{HasData, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
-use wasmtime_wasi::cli::{WasiCli, WasiCliView};
-use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
-use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
-use wasmtime_wasi::{WasiView, p2::bindings as wasi};
 
 use super::cache::{CompileCache, Origin};
+use super::component::{self, Needs};
+use super::contract::Bindings;
 use super::sandbox::CallState;
-use super::v0_1::{Filter, FilterPre};
+use super::{v0_1, v0_2};
 
 /// Pool slots whose memory is decommitted (madvise) together. Every decommit makes the kernel
 /// flush the TLBs of every core the process runs on; one flush per 16 slots instead of one per
@@ -73,30 +77,58 @@ impl std::fmt::Display for Allocation {
     }
 }
 
+/// What the instance pool must hold: each plugin's share of calls in flight and what one
+/// instantiation of it takes.
+#[derive(Debug, Clone, Default)]
+pub struct PoolPlan {
+    pub plugins: Vec<(u32, Needs)>,
+    /// The largest plugin memory limit, in octets.
+    pub max_memory: u64,
+}
+
+impl PoolPlan {
+    fn total(&self, per_call: impl Fn(&Needs) -> u32) -> u32 {
+        self.plugins.iter().map(|(share, needs)| share.saturating_mul(per_call(needs))).fold(0, u32::saturating_add)
+    }
+
+    fn largest(&self, per_call: impl Fn(&Needs) -> u32) -> u32 {
+        self.plugins.iter().map(|(_, needs)| per_call(needs)).max().unwrap_or(0).max(1)
+    }
+}
+
+/// wasmtime's default table size in the pool; raised for a plugin whose table starts larger.
+const DEFAULT_TABLE_ELEMENTS: u64 = 20_000;
+
 impl PluginEngine {
-    /// `max_in_flight` calls may run at once (the plugins' shares together), each with up to
-    /// `max_memory` bytes of memory.
+    /// An engine whose pool holds every plugin's share of calls at once, each call with the
+    /// core instances, memories (of up to `plan.max_memory`) and tables its plugin needs.
     ///
-    /// The pool reserves its address space up front: per call in flight, two linear memories of
-    /// `max_memory` plus a guard, a 1 MiB async stack and a few tables — about 4.3 GiB for 64
-    /// calls of 32 MiB plugins, instead of the half a terabyte wasmtime's 4 GiB default
-    /// reservations would take. When even that cannot be reserved (`ulimit -v`, strict
-    /// overcommit) the engine falls back to on-demand allocation, which maps each call's memory
-    /// when it starts: slower (measured in `host/benches/plugins.rs`), but it runs.
-    pub fn new(max_in_flight: u32, max_memory: u64) -> anyhow::Result<Self> {
-        let reservation = max_memory.max(64 << 10).next_multiple_of(64 << 10);
+    /// The pool reserves its address space up front: per memory of a call in flight, the
+    /// largest plugin memory limit plus a guard, and per call a 1 MiB async stack — about
+    /// 4.3 GiB for 64 calls of 32 MiB Rust plugins, instead of the half a terabyte wasmtime's
+    /// 4 GiB default reservations would take. When even that cannot be reserved (`ulimit -v`,
+    /// strict overcommit) the engine falls back to on-demand allocation, which maps each call's
+    /// memory when it starts: slower (measured in `host/benches/plugins.rs`), but it runs.
+    pub fn new(plan: &PoolPlan) -> anyhow::Result<Self> {
+        let reservation = plan.max_memory.max(64 << 10).next_multiple_of(64 << 10);
+        let calls = plan.total(|_| 1).max(1);
+        let memories = plan.total(|n| n.memories).max(1);
+        let table_elements = plan.plugins.iter().map(|(_, n)| n.table_elements).max().unwrap_or(0);
         let mut pool = PoolingAllocationConfig::default();
-        // A wasm32-wasip2 Rust component uses several core instances (main module, adapters,
-        // shims) and a few tables and memories per component instance.
-        pool.total_component_instances(max_in_flight)
-            .total_core_instances(max_in_flight * 8)
-            .total_memories(max_in_flight * 2)
-            .total_tables(max_in_flight * 4)
-            .total_stacks(max_in_flight)
+        pool.total_component_instances(calls)
+            .total_core_instances(plan.total(|n| n.core_instances).max(1))
+            .total_memories(memories)
+            .total_tables(plan.total(|n| n.tables).max(1))
+            .total_stacks(calls)
+            .max_core_instances_per_component(plan.largest(|n| n.core_instances))
+            .max_memories_per_component(plan.largest(|n| n.memories))
+            .max_tables_per_component(plan.largest(|n| n.tables))
+            .max_memories_per_module(plan.largest(|n| n.memories))
+            .max_tables_per_module(plan.largest(|n| n.tables))
+            .table_elements(table_elements.max(DEFAULT_TABLE_ELEMENTS) as usize)
             .max_memory_size(reservation as usize)
             .decommit_batch_size(DECOMMIT_BATCH);
-        let memories = u64::from(max_in_flight) * 2;
-        let reserved = memories * (reservation + MEMORY_GUARD) + u64::from(max_in_flight) * (ASYNC_STACK as u64);
+        let reserved = u64::from(memories) * (reservation + MEMORY_GUARD) + u64::from(calls) * (ASYNC_STACK as u64);
         let (engine, allocation) = match Engine::new(&engine_config(reservation, Some(pool))) {
             Ok(engine) => (engine, Allocation::Pooling { reserved }),
             Err(pooled) => {
@@ -112,21 +144,32 @@ impl PluginEngine {
             }
         };
         let mut linker = Linker::<CallState>::new(&engine);
-        link_minimal_wasi(&mut linker).map_err(|e| anyhow::anyhow!("{e:#}"))?;
-        Filter::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
-            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        link(&mut linker).map_err(|e| anyhow::anyhow!("{e:#}"))?;
         let ticker = Ticker::start(engine.clone());
         Ok(Self { engine, linker, allocation, _ticker: ticker })
     }
 
-    /// Compiles (or loads from the cache) and links a plugin component.
-    pub fn prepare(&self, wasm: &[u8], cache: &CompileCache) -> anyhow::Result<(FilterPre<CallState>, Origin)> {
+    /// Compiles (or loads from the cache) and links a plugin component. A component that
+    /// imports what the host does not provide is refused with every such import listed.
+    pub fn prepare(&self, wasm: &[u8], cache: &CompileCache) -> anyhow::Result<(Bindings, Origin)> {
         let (component, origin) = cache.load(&self.engine, wasm)?;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| anyhow::anyhow!("{e:#}"))?;
-        let pre = FilterPre::new(pre)
-            .map_err(|e| anyhow::anyhow!("{e:#}"))
-            .context("the component does not export the wasmtp:filter world")?;
-        Ok((pre, origin))
+        let pre = match self.linker.instantiate_pre(&component) {
+            Ok(pre) => pre,
+            Err(err) => {
+                let missing = component::missing_imports(&component, &self.engine);
+                if missing.is_empty() {
+                    anyhow::bail!("cannot link the plugin: {err:#}");
+                }
+                anyhow::bail!(
+                    "the plugin imports {} interface{} this host does not provide:\n  {}",
+                    missing.len(),
+                    if missing.len() == 1 { "" } else { "s" },
+                    missing.join("\n  ")
+                );
+            }
+        };
+        let version = component::contract_version(&component, &self.engine);
+        Ok((Bindings::new(pre, version.as_deref())?, origin))
     }
 }
 
@@ -151,35 +194,12 @@ fn engine_config(reservation: u64, pool: Option<PoolingAllocationConfig>) -> Con
     config
 }
 
-/// `wasi:io` bindings work on the resource table alone.
-struct HasIo;
-
-impl HasData for HasIo {
-    type Data<'a> = &'a mut ResourceTable;
-}
-
-/// Links the WASI interfaces a std Rust guest imports and nothing more: no filesystem, no
-/// sockets. Measured: what is linked does not change the cost of a call.
-fn link_minimal_wasi(l: &mut Linker<CallState>) -> wasmtime::Result<()> {
-    use wasmtime_wasi_io::bindings::wasi::io;
-    io::error::add_to_linker::<CallState, HasIo>(l, |t| t.ctx().table)?;
-    io::poll::add_to_linker::<CallState, HasIo>(l, |t| t.ctx().table)?;
-    io::streams::add_to_linker::<CallState, HasIo>(l, |t| t.ctx().table)?;
-    wasi::cli::exit::add_to_linker::<CallState, WasiCli>(l, CallState::cli)?;
-    wasi::cli::environment::add_to_linker::<CallState, WasiCli>(l, CallState::cli)?;
-    wasi::cli::stdin::add_to_linker::<CallState, WasiCli>(l, CallState::cli)?;
-    wasi::cli::stdout::add_to_linker::<CallState, WasiCli>(l, CallState::cli)?;
-    wasi::cli::stderr::add_to_linker::<CallState, WasiCli>(l, CallState::cli)?;
-    wasi::cli::terminal_input::add_to_linker::<CallState, WasiCli>(l, CallState::cli)?;
-    wasi::cli::terminal_output::add_to_linker::<CallState, WasiCli>(l, CallState::cli)?;
-    wasi::cli::terminal_stdin::add_to_linker::<CallState, WasiCli>(l, CallState::cli)?;
-    wasi::cli::terminal_stdout::add_to_linker::<CallState, WasiCli>(l, CallState::cli)?;
-    wasi::cli::terminal_stderr::add_to_linker::<CallState, WasiCli>(l, CallState::cli)?;
-    wasi::clocks::wall_clock::add_to_linker::<CallState, WasiClocks>(l, CallState::clocks)?;
-    wasi::clocks::monotonic_clock::add_to_linker::<CallState, WasiClocks>(l, CallState::clocks)?;
-    wasi::random::random::add_to_linker::<CallState, WasiRandom>(l, CallState::random)?;
-    wasi::random::insecure::add_to_linker::<CallState, WasiRandom>(l, CallState::random)?;
-    wasi::random::insecure_seed::add_to_linker::<CallState, WasiRandom>(l, CallState::random)?;
+/// Links WASI 0.2 (deny-by-default: the capabilities live in each call's `WasiCtx`, which has
+/// none) and both released versions of the plugin contract.
+fn link(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    v0_1::Filter::add_to_linker::<CallState, HasSelf<CallState>>(linker, |s| s)?;
+    v0_2::Filter::add_to_linker::<CallState, HasSelf<CallState>>(linker, |s| s)?;
     Ok(())
 }
 

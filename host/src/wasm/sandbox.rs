@@ -5,7 +5,10 @@
 //! Failures are classified the way they were measured on wasmtime 48: `Trap::Interrupt` is a
 //! timeout; a denied memory growth (recorded by our limiter, because a Rust OOM otherwise looks
 //! like a panic) is a memory fault; a refused host call is the plugin's fault (or the host's,
-//! for a full store); any other trap is a crash; anything else came from the host side.
+//! for a full store); a trap after an interpreter printed its uncaught exception (a Python
+//! traceback, a JavaScript error) is the plugin's exception, with its text; any other trap is
+//! a crash; anything else came from the host side. Traps carry the guest's wasm backtrace
+//! (function names; the example guests keep theirs for this).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,15 +21,18 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::component::Needs;
+use super::contract::Bindings;
 use super::engine::PluginEngine;
-use super::v0_1;
 use crate::filter::api::{Call, Manifest};
 use crate::filter::host::{HostCallError, HostContext};
 use crate::filter::sandbox::CallResult;
 use crate::filter::{Fault, FaultKind, Sandbox};
 
-/// Guest stderr kept per call.
+/// Guest output (stderr and stdout together) kept per call.
 const STDERR_CAPACITY: usize = 4 << 10;
+/// Frames of a guest backtrace kept in a fault.
+const BACKTRACE_FRAMES: usize = 12;
 
 /// Wraps `StoreLimits` to remember that it refused a memory growth.
 struct Limiter {
@@ -126,7 +132,9 @@ impl OutputStream for BoundedStderr {
 /// One loaded plugin component, ready to be instantiated for each call.
 pub struct WasmSandbox {
     engine: Arc<PluginEngine>,
-    pre: v0_1::FilterPre<CallState>,
+    bindings: Bindings,
+    /// What one instantiation takes, for the Store's limits.
+    needs: Needs,
     /// The plugin's memory limit in octets.
     memory: usize,
     /// This plugin's share of the engine's instance pool.
@@ -134,17 +142,27 @@ pub struct WasmSandbox {
 }
 
 impl WasmSandbox {
-    pub fn new(engine: Arc<PluginEngine>, pre: v0_1::FilterPre<CallState>, memory: usize, slots: u32) -> Self {
-        Self { engine, pre, memory, slots: tokio::sync::Semaphore::new(slots as usize) }
+    pub fn new(engine: Arc<PluginEngine>, bindings: Bindings, needs: Needs, memory: usize, slots: u32) -> Self {
+        Self { engine, bindings, needs, memory, slots: tokio::sync::Semaphore::new(slots as usize) }
+    }
+
+    /// The contract version the plugin was built for.
+    pub fn contract(&self) -> &'static str {
+        self.bindings.version()
+    }
+
+    /// Calls the plugin's `init` with its configuration in a sandbox of its own: `Ok(Err(text))`
+    /// is the plugin refusing the configuration.
+    pub async fn init(&self, host: HostContext, config: &str, budget: Duration) -> Result<Result<(), String>, Fault> {
+        let mut sandbox = self.open(host, budget).await.map_err(|(fault, _)| fault)?;
+        let result = self.bindings.init(&mut sandbox.store, config).await;
+        sandbox.close(result).0
     }
 
     /// Reads the plugin's manifest in a sandbox of its own.
     pub async fn manifest(&self, host: HostContext, budget: Duration) -> Result<Manifest, Fault> {
-        let mut sandbox = match self.open(host, budget).await {
-            Ok(sandbox) => sandbox,
-            Err((fault, _)) => return Err(fault),
-        };
-        let result = v0_1::manifest(&mut sandbox.store, &self.pre).await;
+        let mut sandbox = self.open(host, budget).await.map_err(|(fault, _)| fault)?;
+        let result = self.bindings.manifest(&mut sandbox.store).await;
         sandbox.close(result).0
     }
 
@@ -155,8 +173,25 @@ impl WasmSandbox {
             _ => return Err((Fault::new(FaultKind::Busy, "no sandbox slot free"), host)),
         };
         let stderr = BoundedStderr::default();
-        let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build();
-        let limits = StoreLimitsBuilder::new().memory_size(self.memory).instances(32).tables(32).memories(8).build();
+        // No preopened directory, environment or arguments; every socket denied (the
+        // builder's default address check denies too; this says it where it is decided).
+        let wasi = WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .stdout(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }))
+            .build();
+        // The pool holds exactly what the plugin needs; the Store's own limits leave a margin
+        // so that the pool, not a second count, is what a plugin runs into.
+        let n = self.needs;
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.memory)
+            .instances(n.core_instances as usize * 2 + 8)
+            .tables(n.tables as usize + 8)
+            .memories(n.memories as usize + 4)
+            .build();
         let state = CallState { wasi, table: ResourceTable::new(), limiter: Limiter { limits, denied: false }, host };
         let mut store = Store::new(&self.engine.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -199,26 +234,121 @@ impl Sandbox for WasmSandbox {
                 Ok(sandbox) => sandbox,
                 Err((fault, host)) => return (Err(fault), host),
             };
-            let result = v0_1::call(&mut sandbox.store, &self.pre, &call).await;
+            let result = self.bindings.call(&mut sandbox.store, &call).await;
             sandbox.close(result)
         })
     }
 }
 
-fn classify(err: &wasmtime::Error, memory_denied: bool, stderr: String) -> Fault {
+fn classify(err: &wasmtime::Error, memory_denied: bool, output: String) -> Fault {
     let trap = err.downcast_ref::<Trap>().copied();
     let host_call = err.downcast_ref::<HostCallError>();
+    let output = without_rust_hint(&output);
     let (kind, detail) = match (trap, host_call) {
         (Some(Trap::Interrupt), _) => (FaultKind::Timeout, "time limit exceeded".to_string()),
         _ if memory_denied => (FaultKind::Memory, "memory limit exceeded".to_string()),
         (_, Some(refused)) if refused.is_plugin_fault() => (FaultKind::HostCallBudget, refused.to_string()),
         (_, Some(refused)) => (FaultKind::Host, refused.to_string()),
         (Some(Trap::StackOverflow), _) => (FaultKind::Crash, "stack overflow".to_string()),
-        (Some(Trap::UnreachableCodeReached), _) if stderr.contains("panicked") => {
-            (FaultKind::Crash, "panic".to_string())
-        }
+        (Some(Trap::UnreachableCodeReached), _) => match uncaught(&output) {
+            Some(Uncaught::Panic(message)) => (FaultKind::Crash, format!("panic: {message}")),
+            Some(Uncaught::Exception(text)) => (FaultKind::Exception, text),
+            None => (FaultKind::Crash, Trap::UnreachableCodeReached.to_string()),
+        },
         (Some(trap), _) => (FaultKind::Crash, trap.to_string()),
         (None, None) => (FaultKind::Host, format!("{:#}", err.root_cause())),
     };
-    Fault { kind, detail, stderr }
+    let backtrace = err.downcast_ref::<wasmtime::WasmBacktrace>().map(backtrace).unwrap_or_default();
+    Fault { kind, detail, stderr: output, backtrace }
+}
+
+/// What a guest printed before it trapped on `unreachable`, as each toolchain prints it.
+enum Uncaught {
+    /// Rust: `thread '…' panicked at src/lib.rs:12:5:` and the message on the next line.
+    Panic(String),
+    /// Python (componentize-py): a traceback ending in `Kind: text`; JavaScript
+    /// (componentize-js): the error's message on the line before `Stack:`.
+    Exception(String),
+}
+
+fn uncaught(output: &str) -> Option<Uncaught> {
+    let lines: Vec<&str> = output.lines().collect();
+    // An interpreter's own runtime panics after printing the exception, so the exception
+    // is looked for first.
+    if let Some(at) = lines.iter().rposition(|l| l.starts_with("Traceback (most recent call last)")) {
+        // Frames and source lines are indented; the exception line is not.
+        let text = lines[at + 1..].iter().find(|l| !l.is_empty() && !l.starts_with(char::is_whitespace));
+        return Some(Uncaught::Exception(text.copied().unwrap_or("Python exception").to_string()));
+    }
+    if let Some(at) = lines.iter().position(|l| l.trim_end() == "Stack:") {
+        let text = lines[..at].iter().rev().find(|l| !l.trim().is_empty()).map_or("JavaScript exception", |l| l.trim());
+        return Some(Uncaught::Exception(text.to_string()));
+    }
+    let at = lines.iter().position(|l| l.contains("panicked at "))?;
+    let location = lines[at].split_once("panicked at ").map_or("", |(_, l)| l.trim().trim_end_matches(':'));
+    let message = lines.get(at + 1).map_or("", |l| l.trim());
+    Some(Uncaught::Panic(format!("{message} (at {location})")))
+}
+
+/// Rust's panic message tells the reader to set `RUST_BACKTRACE=1`, which a plugin cannot; the
+/// host logs the guest's backtrace itself, so the hint goes.
+fn without_rust_hint(output: &str) -> String {
+    output.lines().filter(|l| !l.starts_with("note: run with `RUST_BACKTRACE=1`")).collect::<Vec<_>>().join("\n")
+}
+
+/// The innermost frames of a guest backtrace, `module!function` (Rust names demangled, without
+/// their hash; the code index when the guest carries no names), innermost first. The frames of
+/// Rust's panic and abort machinery on top are left out: the frame that panicked is the news.
+fn backtrace(trace: &wasmtime::WasmBacktrace) -> String {
+    let frames: Vec<String> = trace
+        .frames()
+        .iter()
+        .map(|frame| {
+            let module = frame.module().name().unwrap_or("plugin");
+            match frame.func_name() {
+                Some(name) => format!("{module}!{:#}", rustc_demangle::demangle(name)),
+                None => format!("{module}!<wasm function {}>", frame.func_index()),
+            }
+        })
+        .collect();
+    let machinery = frames.iter().take_while(|f| is_panic_machinery(f)).count();
+    let frames = if machinery < frames.len() { &frames[machinery..] } else { &frames[..] };
+    let mut shown = frames.iter().take(BACKTRACE_FRAMES).cloned().collect::<Vec<_>>();
+    if frames.len() > BACKTRACE_FRAMES {
+        shown.push(format!("… {} more", frames.len() - BACKTRACE_FRAMES));
+    }
+    shown.join(" <- ")
+}
+
+/// A frame of the standard library's panic and abort path.
+fn is_panic_machinery(frame: &str) -> bool {
+    let function = frame.split_once('!').map_or(frame, |(_, f)| f);
+    ["abort", "std::", "core::panicking", "__rustc::", "rust_begin_unwind", "__rust_"]
+        .iter()
+        .any(|prefix| function.starts_with(prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_what_guests_print_when_they_die() {
+        let rust = "thread '<unnamed>' panicked at src/lib.rs:170:18:\nhostile plugin panicked on purpose\n\
+                    note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace";
+        let clean = without_rust_hint(rust);
+        assert!(!clean.contains("RUST_BACKTRACE"));
+        assert!(
+            matches!(uncaught(&clean), Some(Uncaught::Panic(m)) if m == "hostile plugin panicked on purpose (at src/lib.rs:170:18)")
+        );
+        // As componentize-py 0.25 and componentize-js 0.23 print them.
+        let python = "Traceback (most recent call last):\n  File \"/0/app.py\", line 63, in on_data\n\
+                      RuntimeError: probe exception: boom\n\nthread '<unnamed>' (1) panicked at \
+                      runtime/src/lib.rs:1280:25:\nPython function threw an unexpected exception\nstack backtrace:";
+        assert!(matches!(uncaught(python), Some(Uncaught::Exception(t)) if t == "RuntimeError: probe exception: boom"));
+        let js = "probe exception: boom\nStack:\n  onData@probe/plugin.js:42:33\n\n\
+                  Redirecting call to abort() to mozalloc_abort";
+        assert!(matches!(uncaught(js), Some(Uncaught::Exception(t)) if t == "probe exception: boom"));
+        assert!(uncaught("just some output").is_none());
+    }
 }

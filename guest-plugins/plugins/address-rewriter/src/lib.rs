@@ -54,14 +54,12 @@ fn lookup<'a, V>(map: &'a BTreeMap<String, V>, key: &str) -> Option<&'a V> {
 struct AddressRewriter;
 
 impl Filter for AddressRewriter {
+    type Config = Config;
+
     /// Only the stages the configuration needs are declared, so the host does not call the
-    /// plugin for nothing (an alias table alone needs no MAIL call, and vice versa). A config
-    /// that does not parse declares both, and each call then reports the error.
-    fn manifest() -> Manifest {
-        let (mail, rcpt) = match wasmtp_plugin::config::<Config>() {
-            Ok(config) => (!config.masquerade.is_empty(), !config.aliases.is_empty()),
-            Err(_) => (true, true),
-        };
+    /// plugin for nothing (an alias table alone needs no MAIL call, and vice versa).
+    fn manifest(config: &Config) -> Manifest {
+        let (mail, rcpt) = (!config.masquerade.is_empty(), !config.aliases.is_empty());
         let stages = [(mail, Stage::Mail), (rcpt, Stage::Rcpt)].into_iter().filter(|(on, _)| *on).map(|(_, s)| s);
         Manifest::new("address-rewriter", env!("CARGO_PKG_VERSION")).stages(stages).body(BodyAccess::None).edits([
             EditKind::SetSender,
@@ -70,11 +68,7 @@ impl Filter for AddressRewriter {
         ])
     }
 
-    fn on_mail(_conn: &Connection, sender: &Address) -> Decision {
-        let config: Config = match wasmtp_plugin::config() {
-            Ok(config) => config,
-            Err(err) => return Decision::tempfail(451, "4.3.5", &err),
-        };
+    fn on_mail(config: &Config, _conn: &Connection, sender: &Address) -> Decision {
         // The null sender has no domain and rsplit_once finds none: it is left alone.
         let Some((local, domain)) = sender.mailbox.rsplit_once('@') else {
             return Decision::next();
@@ -87,11 +81,7 @@ impl Filter for AddressRewriter {
         }
     }
 
-    fn on_rcpt(_conn: &Connection, _envelope: &Envelope, recipient: &Address) -> Decision {
-        let config: Config = match wasmtp_plugin::config() {
-            Ok(config) => config,
-            Err(err) => return Decision::tempfail(451, "4.3.5", &err),
-        };
+    fn on_rcpt(config: &Config, _conn: &Connection, _envelope: &Envelope, recipient: &Address) -> Decision {
         let Some(targets) = lookup(&config.aliases, &recipient.mailbox) else {
             return Decision::next();
         };

@@ -30,55 +30,60 @@ use wasmtp_plugin::{
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct Config {
-    spf_fail: String,
-    dmarc_quarantine: String,
+    spf_fail: SpfFail,
+    dmarc_quarantine: DmarcQuarantine,
     tempfail_on_temperror: bool,
     local_domains: Vec<String>,
+}
+
+/// What to do with a message whose MAIL FROM failed SPF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum SpfFail {
+    Accept,
+    Reject,
+    Quarantine,
+}
+
+/// What to do with a message whose DMARC policy asks for quarantine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum DmarcQuarantine {
+    Quarantine,
+    Reject,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            spf_fail: "accept".into(),
-            dmarc_quarantine: "quarantine".into(),
+            spf_fail: SpfFail::Accept,
+            dmarc_quarantine: DmarcQuarantine::Quarantine,
             tempfail_on_temperror: true,
             local_domains: Vec::new(),
         }
     }
 }
 
-fn config() -> Result<Config, Decision> {
-    let config: Config = wasmtp_plugin::config().map_err(|e| Decision::tempfail(451, "4.3.5", &e))?;
-    let valid = matches!(config.spf_fail.as_str(), "accept" | "reject" | "quarantine")
-        && matches!(config.dmarc_quarantine.as_str(), "quarantine" | "reject");
-    if !valid {
-        return Err(Decision::tempfail(451, "4.3.5", "invalid auth-policy config"));
-    }
-    Ok(config)
-}
-
 struct AuthPolicy;
 
 impl Filter for AuthPolicy {
-    fn manifest() -> Manifest {
+    type Config = Config;
+
+    fn manifest(_config: &Config) -> Manifest {
         Manifest::new("auth-policy", env!("CARGO_PKG_VERSION"))
             .stages([Stage::Mail, Stage::Data])
             .body(BodyAccess::None)
             .edits([EditKind::Quarantine])
     }
 
-    fn on_mail(conn: &Connection, sender: &Address) -> Decision {
-        let config = match config() {
-            Ok(c) => c,
-            Err(d) => return d,
-        };
+    fn on_mail(config: &Config, conn: &Connection, sender: &Address) -> Decision {
         let local = sender.domain().is_some_and(|d| config.local_domains.iter().any(|l| l.eq_ignore_ascii_case(d)));
         if local && conn.authenticated_as.is_none() {
             return Decision::reject(550, "5.7.1", "Authentication required to send as a local address");
         }
         let Some(spf) = &conn.auth.spf_mail else { return Decision::next() };
         match spf.result {
-            AuthResult::Fail if config.spf_fail == "reject" => {
+            AuthResult::Fail if config.spf_fail == SpfFail::Reject => {
                 Decision::reject(550, "5.7.23", &format!("SPF validation failed for {}", spf.domain))
             }
             AuthResult::Temperror if config.tempfail_on_temperror => {
@@ -88,11 +93,7 @@ impl Filter for AuthPolicy {
         }
     }
 
-    fn on_data(conn: &Connection, _envelope: &Envelope, _message: &Message) -> Decision {
-        let config = match config() {
-            Ok(c) => c,
-            Err(d) => return d,
-        };
+    fn on_data(config: &Config, conn: &Connection, _envelope: &Envelope, _message: &Message) -> Decision {
         if let Some(dmarc) = &conn.auth.dmarc {
             match (dmarc.result, dmarc.policy) {
                 (AuthResult::Fail, DmarcPolicy::Reject) => {
@@ -102,7 +103,7 @@ impl Filter for AuthPolicy {
                         &format!("DMARC policy of {} rejects this message", dmarc.domain),
                     );
                 }
-                (AuthResult::Fail, DmarcPolicy::Quarantine) if config.dmarc_quarantine == "reject" => {
+                (AuthResult::Fail, DmarcPolicy::Quarantine) if config.dmarc_quarantine == DmarcQuarantine::Reject => {
                     return Decision::reject(
                         550,
                         "5.7.1",
@@ -119,7 +120,7 @@ impl Filter for AuthPolicy {
                 _ => {}
             }
         }
-        if config.spf_fail == "quarantine"
+        if config.spf_fail == SpfFail::Quarantine
             && conn.auth.spf_mail.as_ref().is_some_and(|spf| spf.result == AuthResult::Fail)
         {
             return Decision::next().quarantine("SPF validation failed");

@@ -53,19 +53,17 @@ impl Default for Config {
 struct ContentGuard;
 
 impl Filter for ContentGuard {
-    fn manifest() -> Manifest {
+    type Config = Config;
+
+    fn manifest(_config: &Config) -> Manifest {
         Manifest::new("content-guard", env!("CARGO_PKG_VERSION"))
             .stages([Stage::Data])
             .body(BodyAccess::Full)
             .edits([EditKind::ChangeHeader, EditKind::AddHeader])
     }
 
-    fn on_data(_conn: &Connection, _envelope: &Envelope, message: &Message) -> Decision {
-        let config: Config = match wasmtp_plugin::config() {
-            Ok(config) => config,
-            Err(err) => return Decision::tempfail(451, "4.3.5", &err),
-        };
-        let (decision, too_deep) = check(&config, message);
+    fn on_data(config: &Config, _conn: &Connection, _envelope: &Envelope, message: &Message) -> Decision {
+        let (decision, too_deep) = check(config, message);
         if too_deep {
             wasmtp_plugin::log(Level::Warn, "MIME nesting deeper than 10 levels was not scanned");
         }

@@ -41,18 +41,16 @@ impl Default for Config {
 struct Disclaimer;
 
 impl Filter for Disclaimer {
-    fn manifest() -> Manifest {
+    type Config = Config;
+
+    fn manifest(_config: &Config) -> Manifest {
         Manifest::new("disclaimer", env!("CARGO_PKG_VERSION"))
             .stages([Stage::Data])
             .body(BodyAccess::Full)
             .edits([EditKind::ReplaceBody])
     }
 
-    fn on_data(_conn: &Connection, _envelope: &Envelope, message: &Message) -> Decision {
-        let config: Config = match wasmtp_plugin::config() {
-            Ok(config) => config,
-            Err(err) => return Decision::tempfail(451, "4.3.5", &err),
-        };
+    fn on_data(config: &Config, _conn: &Connection, _envelope: &Envelope, message: &Message) -> Decision {
         match stamp(&config.text, message) {
             Ok(body) => Decision::next().replace_body(body),
             Err((level, why)) => {

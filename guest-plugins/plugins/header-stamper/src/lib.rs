@@ -24,18 +24,16 @@ struct Config {
 struct HeaderStamper;
 
 impl Filter for HeaderStamper {
-    fn manifest() -> Manifest {
+    type Config = Config;
+
+    fn manifest(_config: &Config) -> Manifest {
         Manifest::new("header-stamper", env!("CARGO_PKG_VERSION"))
             .stages([Stage::Data])
             .body(BodyAccess::Headers)
             .edits([EditKind::AddHeader, EditKind::RemoveHeader])
     }
 
-    fn on_data(_conn: &Connection, _envelope: &Envelope, message: &Message) -> Decision {
-        let config: Config = match wasmtp_plugin::config() {
-            Ok(config) => config,
-            Err(err) => return Decision::tempfail(451, "4.3.5", &err),
-        };
+    fn on_data(config: &Config, _conn: &Connection, _envelope: &Envelope, message: &Message) -> Decision {
         let mut decision = Decision::next();
         for name in &config.remove {
             // Remove from the last occurrence backwards so earlier occurrence numbers stay valid.

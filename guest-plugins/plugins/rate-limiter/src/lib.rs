@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
-use wasmtp_plugin::{Address, BodyAccess, Connection, Decision, Filter, Manifest, Stage, export, kv};
+use wasmtp_plugin::{Address, BodyAccess, Connection, Decision, Filter, Level, Manifest, Stage, export, kv};
 
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -34,17 +34,23 @@ impl Default for Config {
 struct RateLimiter;
 
 impl Filter for RateLimiter {
-    fn manifest() -> Manifest {
+    type Config = Config;
+
+    fn manifest(_config: &Config) -> Manifest {
         Manifest::new("rate-limiter", env!("CARGO_PKG_VERSION")).stages([Stage::Mail]).body(BodyAccess::None)
     }
 
-    fn on_mail(conn: &Connection, _sender: &Address) -> Decision {
-        let config: Config = match wasmtp_plugin::config() {
-            Ok(config) => config,
-            Err(err) => return Decision::tempfail(451, "4.3.5", &err),
-        };
+    fn on_mail(config: &Config, conn: &Connection, _sender: &Address) -> Decision {
         let window = Duration::from_secs(config.window_secs.max(1));
-        let count = kv::incr(&format!("ip:{}", conn.client_ip), 1, Some(window));
+        let count = match kv::incr(&format!("ip:{}", conn.client_ip), 1, Some(window)) {
+            Ok(count) => count,
+            // A store that cannot count must not stop mail: the limit is a courtesy, not a
+            // security boundary. Say so once per message in the log.
+            Err(err) => {
+                wasmtp_plugin::log(Level::Warn, &format!("not rate limited: {err}"));
+                return Decision::next();
+            }
+        };
         if count > i64::try_from(config.limit).unwrap_or(i64::MAX) {
             return Decision::tempfail(
                 450,
