@@ -10,6 +10,9 @@
 #   BASELINE_BIN=/tmp/wasmtp-old WITH_HARAKA=0 bench/e2e.sh
 #                                 # also run another build (e.g. the previous main) with the same
 #                                 # configurations, measured back to back, and print the ratios
+#   THIS_BIN=/tmp/wasmtp-a BASELINE_BIN=/tmp/wasmtp-b XCLIENT=on WITH_HARAKA=0 bench/e2e.sh
+#                                 # two other builds against each other (XCLIENT=on: the
+#                                 # configurations carry no setting an old build lacks)
 #   WITH_ADMIN=1 WITH_HARAKA=0 CASES="50:5120:5000" bench/e2e.sh
 #                                 # also run the +3 plugins proxy with its admin listener scraped
 #                                 # every second, and print its ratio to the one without
@@ -29,6 +32,7 @@ export TAG=${TAG:-wasmtp-$(date +%Y%m%d-%H%M%S)}
 export RESULTS=${RESULTS:-$W/results.csv}
 export WITH_HARAKA=${WITH_HARAKA:-1}
 BASELINE_BIN=${BASELINE_BIN:-}
+THIS_BIN=${THIS_BIN:-$ROOT/target/release/wasmtp}
 WITH_ADMIN=${WITH_ADMIN:-0}
 WITH_TLS=${WITH_TLS:-0}
 ADMIN_PORT=2544
@@ -55,6 +59,12 @@ trap cleanup EXIT
 
 if [ "$WITH_HARAKA" = 1 ]; then bash bench/peers.sh setup; else bash bench/peers.sh sink; fi
 
+# smtp-sink offers XCLIENT to every client, where Postfix offers it only to the hosts in
+# smtpd_authorized_xclient_hosts; an XCLIENT-ed connection belongs to its session, so with it
+# every message would open an upstream connection of its own. XCLIENT=on measures that.
+XCLIENT=${XCLIENT:-off}
+XCLIENT_LINE="xclient = false"
+[ "$XCLIENT" = on ] && XCLIENT_LINE=""
 cat >"$W/wasmtp.toml" <<CONF
 [server]
 listen = "127.0.0.1:$BARE_PORT"
@@ -62,6 +72,7 @@ hostname = "bench.localhost"
 max_connections = 20000
 [upstream]
 url = "smtp://127.0.0.1:2526"
+$XCLIENT_LINE
 [log]
 level = "warn"
 CONF
@@ -73,6 +84,7 @@ hostname = "bench.localhost"
 max_connections = 20000
 [upstream]
 url = "smtp://127.0.0.1:2526"
+$XCLIENT_LINE
 [sandbox]
 cache_dir = "$W/cache"
 [log]
@@ -96,7 +108,7 @@ path = "$GUESTS/content_guard.wasm"
 CONF
 
 start_wasmtp() { # name config port [binary]
-  (exec setsid "${4:-$ROOT/target/release/wasmtp}" serve --config "$2" --listen "127.0.0.1:$3" </dev/null >"$W/$1.log" 2>&1) &
+  (exec setsid "${4:-$THIS_BIN}" serve --config "$2" --listen "127.0.0.1:$3" </dev/null >"$W/$1.log" 2>&1) &
   echo $! >"$W/$1.pid"
   local i
   for i in $(seq 1 150); do
@@ -114,8 +126,10 @@ TARGETS="direct:2526"
 [ "$WITH_HARAKA" = 1 ] && TARGETS="$TARGETS haraka:2525:$W/haraka.pid"
 TARGETS="$TARGETS wasmtp:$BARE_PORT:$W/wasmtp.pid wasmtp3:$PLUGINS_PORT:$W/wasmtp3.pid"
 if [ -n "$BASELINE_BIN" ]; then
-  start_wasmtp base "$W/wasmtp.toml" $BASE_BARE_PORT "$BASELINE_BIN"
-  start_wasmtp base3 "$W/wasmtp3.toml" $BASE_PLUGINS_PORT "$BASELINE_BIN"
+  # The same configurations without settings an older build may not know.
+  for c in wasmtp wasmtp3; do grep -v '^xclient = ' "$W/$c.toml" >"$W/base-$c.toml"; done
+  start_wasmtp base "$W/base-wasmtp.toml" $BASE_BARE_PORT "$BASELINE_BIN"
+  start_wasmtp base3 "$W/base-wasmtp3.toml" $BASE_PLUGINS_PORT "$BASELINE_BIN"
   TARGETS="$TARGETS base:$BASE_BARE_PORT:$W/base.pid base3:$BASE_PLUGINS_PORT:$W/base3.pid"
 fi
 if [ "$WITH_ADMIN" = 1 ]; then

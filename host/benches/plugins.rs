@@ -335,7 +335,7 @@ fn main() {
     }
     println!("wasmtp plugin runtime benchmark; load average {}", loadavg());
     let cache = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         stage_call(cache.path()).await;
         data_call(cache.path()).await;

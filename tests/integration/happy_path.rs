@@ -242,3 +242,26 @@ async fn xclient_names_the_client_and_binds_the_connection_to_it() {
     // Bound to its session: each session had a connection of its own (plus the start-up probe).
     assert_eq!(up.connections(), 3, "{commands:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_xclient_leaves_the_connection_to_the_pool_and_is_not_asked_again() {
+    // smtp-sink offers XCLIENT and answers 250: nothing changed, the upstream still sees the
+    // proxy, so the connection is as good as one that never said XCLIENT.
+    let extensions = vec!["PIPELINING", "XCLIENT NAME ADDR PORT PROTO HELO"];
+    let up = Recorder::start(Script { extensions: Some(extensions), xclient_250: true, ..Script::default() }).await;
+    let proxy = TestProxy::start_pooled(wasmtp::Config::parse(MT).unwrap(), &up.url()).await;
+    for _ in 0..3 {
+        let mut c = proxy.client().await;
+        c.greet().await;
+        let body = stuff(b"Subject: x\r\n\r\nx\r\n");
+        assert_eq!(c.send_mail("a@example.org", &["b@example.net"], &body).await.code, 250);
+        c.cmd("QUIT", 221).await;
+        c.closed().await;
+    }
+    proxy.stop().await;
+    let commands = up.commands();
+    assert_eq!(up.messages().len(), 3);
+    assert_eq!(commands.iter().filter(|l| l.starts_with("XCLIENT")).count(), 1, "{commands:?}");
+    // One connection carried all three sessions (plus, at most, the start-up probe's).
+    assert!(up.connections() <= 2, "{} connections: {commands:?}", up.connections());
+}

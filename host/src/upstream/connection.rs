@@ -81,6 +81,8 @@ pub(super) struct Connection {
     /// XCLIENT told the upstream who the client is: the connection belongs to that session
     /// and is never pooled (Postfix accepts no second identity on it).
     pub bound: bool,
+    /// The upstream offered XCLIENT on this connection but refused it: not asked again here.
+    pub xclient_refused: bool,
 }
 
 impl Connection {
@@ -97,6 +99,7 @@ impl Connection {
             caps: Capabilities::UNKNOWN,
             tls: None,
             bound: false,
+            xclient_refused: false,
         })
     }
 

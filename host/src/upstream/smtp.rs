@@ -345,11 +345,19 @@ async fn xclient(target: &SmtpTarget, conn: &mut Connection, client: &ClientInfo
     let whole = first.iter().chain(&last).cloned().collect::<Vec<_>>().join(" ");
     let commands =
         if whole.len() + "XCLIENT \r\n".len() <= 512 { vec![whole] } else { vec![first.join(" "), last.join(" ")] };
-    conn.bound = true;
     for attributes in commands.iter().filter(|a| !a.is_empty()) {
+        // Bound from the first attempt on: until the upstream says what it did, the
+        // connection may already carry this client's identity.
+        conn.bound = true;
         let reply = conn.command(&format!("XCLIENT {attributes}"), Stage::Xclient, target.command_timeout).await?;
         if reply.code() != 220 {
             tracing::warn!(%reply, "upstream refused XCLIENT; it sees the proxy as the client");
+            // A refused first command changed nothing: the connection still speaks for the
+            // proxy, so it may serve other sessions, which do not ask again on it.
+            if attributes == &commands[0] {
+                conn.bound = false;
+                conn.xclient_refused = true;
+            }
             return Ok(());
         }
     }
@@ -427,7 +435,7 @@ impl SmtpRelay {
             });
         }
         let conn = self.conn.as_mut().expect("connected above");
-        if !conn.bound && self.target.xclient && conn.caps.xclient.offered {
+        if !conn.bound && !conn.xclient_refused && self.target.xclient && conn.caps.xclient.offered {
             xclient(&self.target, conn, &self.client).await?;
         }
         Ok(self.conn.as_mut().expect("connected above"))

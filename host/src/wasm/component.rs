@@ -14,6 +14,10 @@ pub struct Needs {
     pub memories: u32,
     /// Tables defined by those modules.
     pub tables: u32,
+    /// The most memories one module defines (1 unless it uses multi-memory).
+    pub memories_per_module: u32,
+    /// The most tables one module defines.
+    pub tables_per_module: u32,
     /// The largest initial size of a table, in elements.
     pub table_elements: u64,
     /// The largest initial size of a memory, in octets.
@@ -27,8 +31,12 @@ impl Needs {
     /// module instantiated once); wasmtime still enforces the real figures at instantiation.
     pub fn of(wasm: &[u8]) -> anyhow::Result<Self> {
         let mut needs = Needs::default();
+        let (mut module_memories, mut module_tables) = (0u32, 0u32);
         for payload in Parser::new(0).parse_all(wasm) {
             match payload.map_err(|e| anyhow::anyhow!("not a valid WebAssembly component: {e}"))? {
+                Payload::Version { encoding: wasmparser::Encoding::Module, .. } => {
+                    (module_memories, module_tables) = (0, 0);
+                }
                 Payload::InstanceSection(reader) => {
                     for instance in reader {
                         if let Instance::Instantiate { .. } = instance? {
@@ -41,12 +49,16 @@ impl Needs {
                         let memory = memory?;
                         let page = 1u64 << memory.page_size_log2.unwrap_or(16);
                         needs.memories += 1;
+                        module_memories += 1;
+                        needs.memories_per_module = needs.memories_per_module.max(module_memories);
                         needs.initial_memory = needs.initial_memory.max(memory.initial.saturating_mul(page));
                     }
                 }
                 Payload::TableSection(reader) => {
                     for table in reader {
                         needs.tables += 1;
+                        module_tables += 1;
+                        needs.tables_per_module = needs.tables_per_module.max(module_tables);
                         needs.table_elements = needs.table_elements.max(table?.ty.initial);
                     }
                 }
@@ -148,7 +160,15 @@ mod tests {
         let needs = Needs::of(&wasm).unwrap();
         assert_eq!(
             needs,
-            Needs { core_instances: 1, memories: 1, tables: 1, table_elements: 3, initial_memory: 2 << 16 }
+            Needs {
+                core_instances: 1,
+                memories: 1,
+                tables: 1,
+                memories_per_module: 1,
+                tables_per_module: 1,
+                table_elements: 3,
+                initial_memory: 2 << 16
+            }
         );
         assert!(Needs::of(b"not wasm").is_err());
     }

@@ -123,8 +123,10 @@ impl PluginEngine {
             .max_core_instances_per_component(plan.largest(|n| n.core_instances))
             .max_memories_per_component(plan.largest(|n| n.memories))
             .max_tables_per_component(plan.largest(|n| n.tables))
-            .max_memories_per_module(plan.largest(|n| n.memories))
-            .max_tables_per_module(plan.largest(|n| n.tables))
+            // Per module, wasmtime's defaults (one each) unless a plugin's module has more:
+            // larger figures make every slot bigger.
+            .max_memories_per_module(plan.largest(|n| n.memories_per_module))
+            .max_tables_per_module(plan.largest(|n| n.tables_per_module))
             .table_elements(table_elements.max(DEFAULT_TABLE_ELEMENTS) as usize)
             .max_memory_size(reservation as usize)
             .decommit_batch_size(DECOMMIT_BATCH);

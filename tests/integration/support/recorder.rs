@@ -41,6 +41,8 @@ pub struct Script {
     pub auth: Option<(&'static str, &'static str)>,
     /// Offer STARTTLS with this server configuration.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Answer XCLIENT as Postfix's smtp-sink does (250, no new greeting) instead of 220.
+    pub xclient_250: bool,
 }
 
 /// One message the upstream received completely.
@@ -259,6 +261,7 @@ async fn serve(stream: tokio::net::TcpStream, script: &Script, r: &Recorder) -> 
             }
             "NOOP" | "XFORWARD" => respond(&mut stream, None, "250 2.0.0 Ok").await?,
             // Postfix answers XCLIENT with a new greeting.
+            "XCLIENT" if script.xclient_250 => respond(&mut stream, None, "250 2.0.0 Ok").await?,
             "XCLIENT" => respond(&mut stream, None, "220 recorder.test ESMTP").await?,
             "STARTTLS" if script.tls.is_some() && !tls => {
                 stream.write_all(b"220 2.0.0 Ready to start TLS\r\n").await?;
