@@ -11,6 +11,7 @@
 #                                 # also run another build (e.g. the previous main) with the same
 #                                 # configurations, measured back to back, and print the ratios
 #   THIS_BIN=/tmp/wasmtp-a BASELINE_BIN=/tmp/wasmtp-b XCLIENT=on WITH_HARAKA=0 bench/e2e.sh
+#                                 # (THIS_GUESTS / BASELINE_GUESTS: their trees' guest builds)
 #                                 # two other builds against each other (XCLIENT=on: the
 #                                 # configurations carry no setting an old build lacks)
 #   WITH_ADMIN=1 WITH_HARAKA=0 CASES="50:5120:5000" bench/e2e.sh
@@ -33,6 +34,10 @@ export RESULTS=${RESULTS:-$W/results.csv}
 export WITH_HARAKA=${WITH_HARAKA:-1}
 BASELINE_BIN=${BASELINE_BIN:-}
 THIS_BIN=${THIS_BIN:-$ROOT/target/release/wasmtp}
+# Guest plugins for an older build (one from before the 0.2 contract loads only 0.1 plugins):
+# its own tree's guest-plugins/target/wasm32-wasip2/release.
+THIS_GUESTS=${THIS_GUESTS:-}
+BASELINE_GUESTS=${BASELINE_GUESTS:-}
 WITH_ADMIN=${WITH_ADMIN:-0}
 WITH_TLS=${WITH_TLS:-0}
 ADMIN_PORT=2544
@@ -119,6 +124,7 @@ start_wasmtp() { # name config port [binary]
   cat "$W/$1.log" >&2
   return 1
 }
+if [ -n "$THIS_GUESTS" ]; then sed -i "s#$GUESTS#$THIS_GUESTS#" "$W/wasmtp3.toml"; fi
 start_wasmtp wasmtp "$W/wasmtp.toml" $BARE_PORT
 start_wasmtp wasmtp3 "$W/wasmtp3.toml" $PLUGINS_PORT
 
@@ -127,7 +133,9 @@ TARGETS="direct:2526"
 TARGETS="$TARGETS wasmtp:$BARE_PORT:$W/wasmtp.pid wasmtp3:$PLUGINS_PORT:$W/wasmtp3.pid"
 if [ -n "$BASELINE_BIN" ]; then
   # The same configurations without settings an older build may not know.
-  for c in wasmtp wasmtp3; do grep -v '^xclient = ' "$W/$c.toml" >"$W/base-$c.toml"; done
+  for c in wasmtp wasmtp3; do
+    grep -v '^xclient = ' "$W/$c.toml" | sed "s#$GUESTS#${BASELINE_GUESTS:-$GUESTS}#" >"$W/base-$c.toml"
+  done
   start_wasmtp base "$W/base-wasmtp.toml" $BASE_BARE_PORT "$BASELINE_BIN"
   start_wasmtp base3 "$W/base-wasmtp3.toml" $BASE_PLUGINS_PORT "$BASELINE_BIN"
   TARGETS="$TARGETS base:$BASE_BARE_PORT:$W/base.pid base3:$BASE_PLUGINS_PORT:$W/base3.pid"
