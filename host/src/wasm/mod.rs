@@ -46,7 +46,6 @@ pub struct LoadReport {
     pub elapsed: Duration,
     /// The contract version the plugin was built for.
     pub contract: &'static str,
-    pub needs: Needs,
 }
 
 /// What a loaded chain runs on: the engine's memory allocation and each plugin's load.
@@ -73,7 +72,7 @@ pub async fn load_with(config: &Config, kv: Arc<KvStore>, metrics: Arc<Metrics>)
     let mut plan = PoolPlan::default();
     let mut files = Vec::new();
     for (i, pc) in config.plugins.iter().enumerate() {
-        let context = || format!("plugin `{}` (field `plugins[{i}]`, {})", pc.name, pc.path.display());
+        let context = || which_plugin(i, pc);
         let wasm = std::fs::read(&pc.path).context("cannot read the plugin file").with_context(context)?;
         let needs = Needs::of(&wasm).with_context(context)?;
         let memory = pc.limits.memory.bytes();
@@ -96,9 +95,8 @@ pub async fn load_with(config: &Config, kv: Arc<KvStore>, metrics: Arc<Metrics>)
     let mut reports = Vec::new();
     for (i, ((pc, wasm), (share, needs))) in config.plugins.iter().zip(&files).zip(&plan.plugins).enumerate() {
         let started = Instant::now();
-        let (plugin, origin, contract) = load_one(&engine, &cache, pc, wasm, *share, *needs, &kv)
-            .await
-            .with_context(|| format!("plugin `{}` (field `plugins[{i}]`, {})", pc.name, pc.path.display()))?;
+        let (plugin, origin, contract) =
+            load_one(&engine, &cache, pc, wasm, *share, *needs, &kv).await.with_context(|| which_plugin(i, pc))?;
         let elapsed = started.elapsed();
         tracing::info!(
             plugin = %plugin.name,
@@ -110,11 +108,16 @@ pub async fn load_with(config: &Config, kv: Arc<KvStore>, metrics: Arc<Metrics>)
             memories = needs.memories,
             "plugin loaded"
         );
-        reports.push(LoadReport { name: pc.name.clone(), origin, elapsed, contract, needs: *needs });
+        reports.push(LoadReport { name: pc.name.clone(), origin, elapsed, contract });
         plugins.push(plugin);
     }
     let loaded = Loaded { allocation: Some(engine.allocation), plugins: reports };
     Ok((Chain::new(plugins, kv, metrics), loaded))
+}
+
+/// How load errors name a plugin: its name, its field in the configuration and its file.
+fn which_plugin(index: usize, plugin: &PluginConfig) -> String {
+    format!("plugin `{}` (field `plugins[{index}]`, {})", plugin.name, plugin.path.display())
 }
 
 /// A plugin's share of the instance pool: its own calls wait only for each other, so a slow
