@@ -27,6 +27,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub relay: RelayConfig,
     pub admin: AdminConfig,
+    pub kv: KvConfig,
     /// Where to listen; without any, one `smtp` listener on `server.listen`.
     pub listeners: Vec<ListenerConfig>,
     /// Filter plugins, run in this order at every stage they declare.
@@ -40,6 +41,31 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
+}
+
+/// `[kv]`: the store behind the plugins' `kv-*` calls. Fixed at start (a reload that changes
+/// it says it needs a restart).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KvConfig {
+    /// `redis://[:password@]host:port[/db]`, or `rediss://…` for TLS; unset keeps the store in
+    /// this process's memory (one proxy only).
+    pub backend: Option<String>,
+    /// The longest a Redis operation may take, connecting included; well inside a plugin's
+    /// time budget, so a stalled Redis costs a plugin an error, not its whole call.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Prefixed to every Redis key, so several deployments can share one Redis.
+    pub prefix: String,
+    /// CA certificates (PEM) that sign the Redis server's certificate for `rediss://`, in
+    /// place of the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+impl Default for KvConfig {
+    fn default() -> Self {
+        Self { backend: None, timeout: Duration::from_millis(50), prefix: "wasmtp".into(), tls_ca_file: None }
+    }
 }
 
 /// One `[[listeners]]` entry.
@@ -63,6 +89,14 @@ pub struct ListenerConfig {
     /// Postfix that runs wasmtp as its `smtpd_proxy_filter`. XFORWARD is offered to them only.
     #[serde(default)]
     pub xforward_from: Vec<ipnet::IpNet>,
+    /// Expect a PROXY protocol header (version 1 or 2) from a load balancer before anything
+    /// else: the client it names is the one sessions, plugins, `Received:`, XCLIENT and the
+    /// logs see. Connections without a valid header are closed without a greeting.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// The balancers allowed to send PROXY headers (required with `proxy_protocol`).
+    #[serde(default)]
+    pub proxy_trusted: Vec<ipnet::IpNet>,
 }
 
 impl ListenerConfig {
@@ -75,6 +109,8 @@ impl ListenerConfig {
             plugins: None,
             allow_plaintext_auth: false,
             xforward_from: Vec::new(),
+            proxy_protocol: false,
+            proxy_trusted: Vec::new(),
         }
     }
 }
@@ -215,6 +251,10 @@ pub struct ServerConfig {
     /// Write the process id here at start (for `wasmtp reload` and init scripts); removed at
     /// exit.
     pub pid_file: Option<PathBuf>,
+    /// This proxy's name among several behind one balancer (1–32 letters, digits, `-`): part
+    /// of every session id and `Received:` id, so logs and recordings from several nodes can
+    /// be merged. The first label of the host name when unset.
+    pub node_id: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -230,6 +270,7 @@ impl Default for ServerConfig {
             user: None,
             group: None,
             pid_file: None,
+            node_id: None,
         }
     }
 }
@@ -457,7 +498,18 @@ pub struct PluginLimits {
     /// Calls of this plugin that may run at once (its share of the instance pool); unset
     /// means `sandbox.max_in_flight` divided among the plugins, at least 4.
     pub concurrency: Option<u32>,
+    /// Entries the plugin may keep in the key-value store; further new keys are refused
+    /// (the plugin is told, and can decide).
+    pub kv_entries: usize,
+    /// Octets of keys and values the plugin may keep in the key-value store.
+    pub kv_bytes: ByteSize,
 }
+
+/// The default key-value quota per plugin: room for a busy greylist or rate limiter (tens of
+/// thousands of client addresses), and a bound on what one plugin can make the embedded
+/// store hold (measured by `cargo bench --bench kv`).
+pub const DEFAULT_KV_ENTRIES: usize = 100_000;
+pub const DEFAULT_KV_BYTES: u64 = 16 << 20;
 
 impl Default for PluginLimits {
     fn default() -> Self {
@@ -469,6 +521,8 @@ impl Default for PluginLimits {
             host_data: ByteSize(1 << 20),
             notes: ByteSize(64 << 10),
             concurrency: None,
+            kv_entries: DEFAULT_KV_ENTRIES,
+            kv_bytes: ByteSize(DEFAULT_KV_BYTES),
         }
     }
 }
@@ -829,6 +883,33 @@ impl Config {
             positive(&format!("plugins[{i}].breaker.failures"), plugin.breaker.failures > 0)?;
             positive(&format!("plugins[{i}].limits.concurrency"), limits.concurrency != Some(0))?;
         }
+        for (i, listener) in self.listeners.iter().enumerate() {
+            if listener.proxy_protocol && listener.proxy_trusted.is_empty() {
+                return Err(format!(
+                    "field `listeners[{i}].proxy_trusted`: list the load balancers' networks; \
+                     `proxy_protocol` believes no one without it"
+                ));
+            }
+            if !listener.proxy_protocol && !listener.proxy_trusted.is_empty() {
+                return Err(format!("field `listeners[{i}].proxy_trusted`: only with `proxy_protocol = true`"));
+            }
+        }
+        if let Some(url) = &self.kv.backend
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(format!(
+                "field `kv.backend`: `{url}` is not a redis:// or rediss:// URL (leave it unset for the embedded store)"
+            ));
+        }
+        positive("kv.timeout", !self.kv.timeout.is_zero())?;
+        for (i, plugin) in self.plugins.iter().enumerate() {
+            positive(&format!("plugins[{i}].limits.kv_entries"), plugin.limits.kv_entries > 0)?;
+        }
+        if let Some(node) = &self.server.node_id
+            && (node.is_empty() || node.len() > 32 || !node.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        {
+            return Err(format!("field `server.node_id`: `{node}` must be 1 to 32 letters, digits or `-`"));
+        }
         if self.server.group.is_some() && self.server.user.is_none() {
             return Err("field `server.group`: needs `server.user`".into());
         }
@@ -856,6 +937,24 @@ impl Config {
     }
 
     /// The host name the proxy announces.
+    /// This proxy's name among several: `server.node_id`, or the first label of the host name
+    /// (letters, digits and `-` only). Part of every session id.
+    pub fn node_id(&self) -> String {
+        if let Some(node) = &self.server.node_id {
+            return node.clone();
+        }
+        let host = self.hostname();
+        let label: String = host
+            .split('.')
+            .next()
+            .unwrap_or("")
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .take(32)
+            .collect();
+        if label.is_empty() { "wasmtp".into() } else { label }
+    }
+
     pub fn hostname(&self) -> String {
         self.server.hostname.clone().unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
     }

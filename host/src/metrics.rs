@@ -73,6 +73,13 @@ struct PluginFaultLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KvFailureLabels {
+    plugin: String,
+    operation: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TlsLabels {
     kind: &'static str,
     result: &'static str,
@@ -118,6 +125,7 @@ pub struct Metrics {
     reloads: Family<OutcomeLabels, Counter>,
     kv_entries: Gauge,
     kv_bytes: Gauge,
+    kv_failures: Family<KvFailureLabels, Counter>,
     tls_handshakes: Family<TlsLabels, Counter>,
 }
 
@@ -153,6 +161,7 @@ impl Metrics {
             reloads: Family::default(),
             kv_entries: Gauge::default(),
             kv_bytes: Gauge::default(),
+            kv_failures: Family::default(),
             tls_handshakes: Family::default(),
             registry: Registry::default(),
         };
@@ -220,6 +229,11 @@ impl Metrics {
             "Keys and values in the plugins' key-value store",
             Unit::Bytes,
             metrics.kv_bytes.clone(),
+        );
+        r.register(
+            "kv_failures",
+            "Key-value operations that did not happen, by plugin, operation and reason (unavailable, quota)",
+            metrics.kv_failures.clone(),
         );
         r.register(
             "tls_handshakes",
@@ -309,6 +323,11 @@ impl Metrics {
     pub fn set_kv(&self, entries: usize, bytes: usize) {
         self.kv_entries.set(entries as i64);
         self.kv_bytes.set(bytes as i64);
+    }
+
+    /// A key-value operation the store refused or could not answer.
+    pub fn kv_failure(&self, plugin: &str, operation: &'static str, reason: &'static str) {
+        self.kv_failures.get_or_create(&KvFailureLabels { plugin: plugin.to_string(), operation, reason }).inc();
     }
 
     /// A client TLS handshake: `kind` is `starttls` or `implicit`.

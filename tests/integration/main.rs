@@ -16,6 +16,7 @@ mod plugins;
 mod polyglot;
 mod postfix;
 mod sandbox;
+mod scale_out;
 mod smuggling;
 mod tls;
 mod upstream_faults;

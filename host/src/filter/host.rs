@@ -1,13 +1,15 @@
 //! The host services a plugin call may use — log, config, notes and the shared key-value store —
-//! in plain Rust, bounded per call. The sandbox's bindings only forward to [`HostContext`]; an
-//! error here ends the call as a fault of the plugin (or of the host, for a full store).
+//! in plain Rust, bounded per call. The sandbox's bindings only forward to [`HostContext`]; a
+//! [`HostCallError`] ends the call as a fault of the plugin, while a store that cannot answer
+//! or a full quota is a [`KvError`] handed back to the plugin.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::kv::{self, KvStore};
+use super::kv::{self, Kv, KvError, Quota};
+use crate::metrics::Metrics;
 
 /// Most host calls in one plugin call.
 pub const MAX_HOST_CALLS: u32 = 10_000;
@@ -41,14 +43,16 @@ pub enum HostCallError {
     ValueTooLarge,
     #[error("the plugin's notes would exceed their limit of {0} octets for the session")]
     NotesFull(usize),
-    #[error("the key-value store is full")]
-    StoreFull,
+    /// A 0.1 plugin's counter could not be read or written: 0.1 has no way to say so but to
+    /// end the call (its `on_error` policy decides).
+    #[error("{0}")]
+    Store(KvError),
 }
 
 impl HostCallError {
     /// The plugin broke a limit of its contract (rather than the host failing it).
     pub fn is_plugin_fault(&self) -> bool {
-        !matches!(self, HostCallError::StoreFull)
+        !matches!(self, HostCallError::Store(_))
     }
 }
 
@@ -136,7 +140,9 @@ pub struct HostContext {
     plugin: Arc<str>,
     session: Arc<str>,
     config_json: Arc<str>,
-    kv: Arc<KvStore>,
+    kv: Arc<Kv>,
+    kv_quota: Quota,
+    metrics: Option<Arc<Metrics>>,
     /// The plugin's notes as this call sees them; its own writes land here too.
     notes: HashMap<String, String>,
     /// Notes written by this call, kept by the chain only if the call succeeds.
@@ -155,7 +161,7 @@ impl HostContext {
         plugin: Arc<str>,
         session: Arc<str>,
         config_json: Arc<str>,
-        kv: Arc<KvStore>,
+        kv: Arc<Kv>,
         notes: HashMap<String, String>,
         data_budget: usize,
     ) -> Self {
@@ -165,6 +171,8 @@ impl HostContext {
             session,
             config_json,
             kv,
+            kv_quota: Quota::default(),
+            metrics: None,
             notes,
             note_writes: Vec::new(),
             data_budget,
@@ -178,6 +186,18 @@ impl HostContext {
     /// Bounds the octets of notes the plugin may hold in the session.
     pub fn with_notes_limit(mut self, limit: usize) -> Self {
         self.notes_limit = limit;
+        self
+    }
+
+    /// Bounds what the plugin may keep in the key-value store.
+    pub fn with_kv_quota(mut self, quota: Quota) -> Self {
+        self.kv_quota = quota;
+        self
+    }
+
+    /// Counts failed key-value operations in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -262,29 +282,49 @@ impl HostContext {
         Ok(())
     }
 
-    pub fn kv_get(&mut self, key: &str) -> Result<Option<Vec<u8>>, HostCallError> {
-        self.charge(key.len())?;
-        let value = self.kv.get(&self.plugin, key);
-        self.charge(value.as_ref().map_or(0, Vec::len))?;
-        Ok(value)
+    /// Logs and counts a failed store operation, and hands it back.
+    fn kv_failed<T>(&self, operation: &'static str, result: Result<T, KvError>) -> Result<T, KvError> {
+        if let Err(error) = &result {
+            kv::log_failure(&self.plugin, operation, error);
+            if let Some(metrics) = &self.metrics {
+                metrics.kv_failure(&self.plugin, operation, error.reason());
+            }
+        }
+        result
     }
 
-    /// Stores a value. A full store drops it with a warning: the call goes on, as a cache
-    /// miss would.
-    pub fn kv_set(&mut self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), HostCallError> {
+    /// Reads a value: the outer error ends the call (a broken limit), the inner one is the
+    /// store's answer for the plugin.
+    pub async fn kv_get(&mut self, key: &str) -> Result<Result<Option<Vec<u8>>, KvError>, HostCallError> {
+        self.charge(key.len())?;
+        let value = self.kv.get(&self.plugin, key).await;
+        self.charge(value.as_ref().map_or(0, |v| v.as_ref().map_or(0, Vec::len)))?;
+        Ok(self.kv_failed("get", value))
+    }
+
+    pub async fn kv_set(
+        &mut self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<Result<(), KvError>, HostCallError> {
         self.charge(key.len() + value.len())?;
         Self::check_key(key)?;
         Self::check_value(value.len())?;
-        if !self.kv.set(&self.plugin, key, value, ttl) {
-            tracing::warn!(plugin = &*self.plugin, "key-value store full; value not stored");
-        }
-        Ok(())
+        let stored = self.kv.set(&self.plugin, key, value, ttl, &self.kv_quota).await;
+        Ok(self.kv_failed("set", stored))
     }
 
-    pub fn kv_incr(&mut self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, HostCallError> {
+    pub async fn kv_incr(
+        &mut self,
+        key: &str,
+        delta: i64,
+        ttl: Option<Duration>,
+    ) -> Result<Result<i64, KvError>, HostCallError> {
         self.charge(key.len() + 8)?;
         Self::check_key(key)?;
-        self.kv.incr(&self.plugin, key, delta, ttl).ok_or(HostCallError::StoreFull)
+        let counted = self.kv.incr(&self.plugin, key, delta, ttl, &self.kv_quota).await;
+        Ok(self.kv_failed("incr", counted))
     }
 }
 
@@ -293,14 +333,14 @@ mod tests {
     use super::*;
 
     fn context(budget: usize) -> HostContext {
-        HostContext::new("p".into(), "s".into(), "{\"a\":1}".into(), Arc::new(KvStore::new()), HashMap::new(), budget)
+        HostContext::new("p".into(), "s".into(), "{\"a\":1}".into(), Arc::new(Kv::default()), HashMap::new(), budget)
     }
 
-    #[test]
-    fn every_call_is_charged_against_the_budgets() {
+    #[tokio::test]
+    async fn every_call_is_charged_against_the_budgets() {
         let mut host = context(10);
         assert_eq!(host.config(), Ok("{\"a\":1}".into()));
-        assert_eq!(host.kv_set("key", b"too long".to_vec(), None), Err(HostCallError::DataBudget));
+        assert_eq!(host.kv_set("key", b"too long".to_vec(), None).await, Err(HostCallError::DataBudget));
         assert!(HostCallError::DataBudget.is_plugin_fault());
         let mut host = context(usize::MAX);
         for _ in 0..MAX_HOST_CALLS {
@@ -309,14 +349,23 @@ mod tests {
         assert_eq!(host.log(LogLevel::Trace, "x"), Err(HostCallError::TooManyCalls));
     }
 
-    #[test]
-    fn keys_and_values_are_bounded() {
+    #[tokio::test]
+    async fn keys_and_values_are_bounded() {
         let mut host = context(usize::MAX);
         let long_key = "k".repeat(kv::MAX_KEY + 1);
         assert_eq!(host.notes_set(long_key.clone(), "v".into()), Err(HostCallError::KeyTooLong));
-        assert_eq!(host.kv_incr(&long_key, 1, None), Err(HostCallError::KeyTooLong));
-        assert_eq!(host.kv_set("k", vec![0; kv::MAX_VALUE + 1], None), Err(HostCallError::ValueTooLarge));
-        assert!(!HostCallError::StoreFull.is_plugin_fault());
+        assert_eq!(host.kv_incr(&long_key, 1, None).await, Err(HostCallError::KeyTooLong));
+        assert_eq!(host.kv_set("k", vec![0; kv::MAX_VALUE + 1], None).await, Err(HostCallError::ValueTooLarge));
+        assert!(!HostCallError::Store(KvError::Unavailable("down".into())).is_plugin_fault());
+    }
+
+    #[tokio::test]
+    async fn a_full_quota_is_an_answer_for_the_plugin() {
+        let mut host = context(usize::MAX).with_kv_quota(Quota { entries: 1, bytes: 100 });
+        assert_eq!(host.kv_set("a", b"1".to_vec(), None).await, Ok(Ok(())));
+        let refused = host.kv_set("b", b"1".to_vec(), None).await.expect("within the call's limits");
+        assert!(matches!(refused, Err(KvError::QuotaExceeded(_))), "{refused:?}");
+        assert_eq!(host.kv_get("a").await, Ok(Ok(Some(b"1".to_vec()))));
     }
 
     #[test]
@@ -324,7 +373,7 @@ mod tests {
         let mut notes = HashMap::new();
         notes.insert("old".to_string(), "x".repeat(50));
         let mut host =
-            HostContext::new("p".into(), "s".into(), "{}".into(), Arc::new(KvStore::new()), notes, usize::MAX)
+            HostContext::new("p".into(), "s".into(), "{}".into(), Arc::new(Kv::default()), notes, usize::MAX)
                 .with_notes_limit(100);
         host.notes_set("old".into(), "y".repeat(90)).unwrap();
         assert_eq!(host.notes_set("new".into(), "z".repeat(10)), Err(HostCallError::NotesFull(100)));

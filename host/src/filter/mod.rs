@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use self::api::{BodyAccess, Call, Connection, Decision, EditKind, Manifest, Stage};
 use self::breaker::{Breaker, Ticket, Transition};
 use self::host::{HostContext, LogBudget, NoteScopes};
-use self::kv::KvStore;
+use self::kv::Kv;
 pub use self::sandbox::{Fault, FaultKind, Sandbox};
 use self::stages::StageState;
 use self::validate::Verdict;
@@ -123,12 +123,12 @@ pub fn plugin_config_json(config: &PluginConfig) -> Result<String, serde_json::E
 #[derive(Debug, Default)]
 pub struct Chain {
     plugins: Vec<Arc<Plugin>>,
-    kv: Arc<KvStore>,
+    kv: Arc<Kv>,
     metrics: Arc<Metrics>,
 }
 
 impl Chain {
-    pub fn new(plugins: Vec<Plugin>, kv: Arc<KvStore>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(plugins: Vec<Plugin>, kv: Arc<Kv>, metrics: Arc<Metrics>) -> Self {
         Self { plugins: plugins.into_iter().map(Arc::new).collect(), kv, metrics }
     }
 
@@ -208,7 +208,7 @@ impl Chain {
     }
 
     /// The key-value store the plugins share.
-    pub fn kv(&self) -> &Arc<KvStore> {
+    pub fn kv(&self) -> &Arc<Kv> {
         &self.kv
     }
 
@@ -237,6 +237,8 @@ impl Chain {
             plugin.limits.host_data.bytes() as usize,
         )
         .with_notes_limit(plugin.limits.notes.bytes() as usize)
+        .with_kv_quota(kv::Quota::of(&plugin.limits))
+        .with_metrics(self.metrics.clone())
         .with_log_budget(logs.clone());
         let budget = plugin.budget(S::STAGE);
         let call = Call { conn, input: state.input(plugin) };

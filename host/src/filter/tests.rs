@@ -11,7 +11,7 @@ use super::api::{
     Verdict,
 };
 use super::host::{HostContext, NoteScopes, Notes};
-use super::kv::KvStore;
+use super::kv::Kv;
 use super::sandbox::CallResult;
 use super::stages::{ConnectState, DataState, MailState, RcptState, StageState};
 use super::{Chain, Fault, FaultKind, Outcome, Plugin, Sandbox};
@@ -117,7 +117,7 @@ fn chain(plugins: Vec<TestPlugin>) -> Chain {
             Plugin::new(&p.config, p.manifest, Box::new(sandbox)).unwrap()
         })
         .collect();
-    Chain::new(plugins, Arc::new(KvStore::new()), Arc::default())
+    Chain::new(plugins, Arc::new(Kv::default()), Arc::default())
 }
 
 fn conn() -> Connection {
@@ -537,7 +537,7 @@ async fn a_call_that_never_returns_ends_at_its_budget() {
     };
     let chain = Chain::new(
         vec![Plugin::new(&config, manifest, Box::new(Hanging)).unwrap()],
-        Arc::new(KvStore::new()),
+        Arc::new(Kv::default()),
         Arc::default(),
     );
     let started = tokio::time::Instant::now();

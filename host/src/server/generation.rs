@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::auth::Auth;
 use crate::config::{Config, ListenerConfig};
-use crate::filter::kv::KvStore;
+use crate::filter::kv::Kv;
 use crate::metrics::Metrics;
 use crate::session::{ListenerContext, Released, SessionContext, SessionIds};
 use crate::shutdown::ShutdownSignal;
@@ -25,7 +25,7 @@ use crate::upstream::{Capabilities, UpstreamTarget};
 /// What every generation shares, fixed at start.
 pub struct Fixed {
     pub metrics: Arc<Metrics>,
-    pub kv: Arc<KvStore>,
+    pub kv: Arc<Kv>,
     pub shutdown: ShutdownSignal,
     pub ids: Arc<SessionIds>,
     /// The listeners as bound at start, in order.
@@ -120,6 +120,7 @@ impl Generation {
                     chain,
                     allow_plaintext_auth: settings.allow_plaintext_auth,
                     xforward_from: settings.xforward_from.clone(),
+                    proxy_trusted: settings.proxy_protocol.then(|| settings.proxy_trusted.clone()),
                 })
             })
             .collect();
@@ -154,8 +155,9 @@ impl Generation {
     /// Sets the gauges that describe this generation's state, before a scrape.
     pub fn report(&self, metrics: &Metrics) {
         self.session.chain.report_breakers();
-        let (entries, bytes) = self.session.chain.kv().usage();
-        metrics.set_kv(entries, bytes);
+        if let Some((entries, bytes)) = self.session.chain.kv().usage() {
+            metrics.set_kv(entries, bytes);
+        }
         metrics.set_upstream_up(self.session.upstream.reachable());
         metrics.set_generation(self.number());
     }
@@ -197,6 +199,8 @@ pub fn needs_restart(running: &Config, bound: &[ListenerConfig], new: &Config) -
     check("server.group", old_server.group == new_server.group);
     check("server.pid_file", old_server.pid_file == new_server.pid_file);
     check("admin.listen", running.admin == new.admin);
+    check("kv", running.kv == new.kv);
+    check("server.node_id", running.node_id() == new.node_id());
     check("log", running.log == new.log);
     let configured = new.listeners();
     for listener in bound {

@@ -18,6 +18,7 @@ mod admission;
 pub mod generation;
 mod listeners;
 pub mod privileges;
+pub mod proxy_protocol;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,6 +34,7 @@ use self::admission::Admission;
 use self::generation::{Fixed, Generation};
 pub use self::listeners::{BoundListener, bind, bind_admin, bind_all};
 use crate::config::{Config, ListenerConfig};
+use crate::filter::kv::Kv;
 use crate::metrics::Metrics;
 use crate::session;
 use crate::shutdown;
@@ -101,9 +103,9 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let fixed = Arc::new(Fixed {
             metrics: metrics.clone(),
-            kv: Arc::default(),
+            kv: Arc::new(Kv::from_config(&config.kv)?),
             shutdown: signal.clone(),
-            ids: Arc::default(),
+            ids: Arc::new(session::SessionIds::new(&config.node_id())),
             bound: listeners.iter().map(|l| l.config.clone()).collect(),
         });
         let identity = privileges::configured(&config)?;
@@ -113,7 +115,7 @@ impl Server {
         if let Some(identity) = &identity {
             privileges::drop_to(identity, first.config())?;
         }
-        let admission = Admission::new(&first.config().server, &fixed.bound);
+        let admission = Arc::new(Admission::new(&first.config().server, &fixed.bound));
         let grace = first.config().timeouts.shutdown_grace;
         let (current, current_rx) = watch::channel(first);
 
@@ -154,25 +156,14 @@ impl Server {
                 _ = &mut shutdown => break,
                 Some((stream, peer, index)) = accepted.recv() => {
                     let generation = current.borrow().clone();
-                    let listener = generation.listeners[index].clone();
-                    match admission.admit(peer.ip(), index) {
-                        Ok(admitted) => {
-                            let open = metrics.connection_opened(listener.mode.name());
-                            let ctx = generation.session.clone();
-                            sessions.spawn(async move {
-                                session::run(stream, peer, listener, ctx).await;
-                                drop((admitted, open));
-                            });
-                        }
-                        Err(refusal) => {
-                            metrics.connection_refused(refusal.limit);
-                            tracing::warn!(client = %peer, limit = refusal.limit, reply = %refusal.reply, "connection refused");
-                            sessions.spawn(async move {
-                                let mut stream = stream;
-                                let _ = tokio::time::timeout(REFUSAL_WRITE, stream.write_all(&refusal.reply.to_bytes())).await;
-                            });
-                        }
-                    }
+                    let connection = Connection {
+                        listener: generation.listeners[index].clone(),
+                        ctx: generation.session.clone(),
+                        index,
+                        admission: admission.clone(),
+                        metrics: metrics.clone(),
+                    };
+                    sessions.spawn(connection.serve(stream, peer));
                 }
                 Some(request) = reloads.recv() => {
                     reloading.waiting.extend(request.done);
@@ -245,6 +236,47 @@ impl Server {
         drop(pid_file);
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// An accepted connection, before it is a session.
+struct Connection {
+    listener: Arc<session::ListenerContext>,
+    ctx: Arc<session::SessionContext>,
+    index: usize,
+    admission: Arc<Admission>,
+    metrics: Arc<Metrics>,
+}
+
+impl Connection {
+    /// Reads the PROXY header on a PROXY listener, admits the client (the real one, behind a
+    /// balancer) or refuses it, and runs its session.
+    async fn serve(self, mut stream: TcpStream, peer: SocketAddr) {
+        let proxied = match &self.listener.proxy_trusted {
+            None => None,
+            Some(trusted) => match proxy_protocol::read_header(&mut stream, peer, trusted).await {
+                Ok(proxied) => Some(proxied),
+                Err(error) => {
+                    self.metrics.connection_refused("proxy_protocol");
+                    tracing::warn!(peer = %peer, listen = %self.listener.address, "{error}: connection closed without a greeting");
+                    return;
+                }
+            },
+        };
+        let client = proxied.map_or(peer, |p| p.client);
+        match self.admission.admit(client.ip(), self.index) {
+            Ok(admitted) => {
+                let open = self.metrics.connection_opened(self.listener.mode.name());
+                let destination = proxied.and_then(|p| p.destination);
+                session::run(stream, client, destination, self.listener, self.ctx).await;
+                drop((admitted, open));
+            }
+            Err(refusal) => {
+                self.metrics.connection_refused(refusal.limit);
+                tracing::warn!(client = %client, limit = refusal.limit, reply = %refusal.reply, "connection refused");
+                let _ = tokio::time::timeout(REFUSAL_WRITE, stream.write_all(&refusal.reply.to_bytes())).await;
+            }
+        }
     }
 }
 

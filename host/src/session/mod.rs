@@ -79,23 +79,26 @@ pub struct ListenerContext {
     pub allow_plaintext_auth: bool,
     /// Clients whose XFORWARD is believed (a Postfix `smtpd_proxy_filter` in front).
     pub xforward_from: Vec<ipnet::IpNet>,
+    /// On a PROXY protocol listener, the balancers whose header is believed.
+    pub proxy_trusted: Option<Vec<ipnet::IpNet>>,
 }
 
-/// Session ids: unique within the process and, since they start from the clock, across
-/// restarts.
+/// Session ids: `<node>-<counter>`, unique within the process, across restarts (the counter
+/// starts from the clock) and across the proxies behind one balancer (each has its node id).
 #[derive(Debug)]
-pub struct SessionIds(AtomicU64);
-
-impl Default for SessionIds {
-    fn default() -> Self {
-        let start = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) << 20;
-        Self(AtomicU64::new(start))
-    }
+pub struct SessionIds {
+    node: String,
+    counter: AtomicU64,
 }
 
 impl SessionIds {
+    pub fn new(node: &str) -> Self {
+        let start = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) << 20;
+        Self { node: node.to_string(), counter: AtomicU64::new(start) }
+    }
+
     fn next(&self) -> Arc<str> {
-        format!("{:013X}", self.0.fetch_add(1, Ordering::Relaxed)).into()
+        format!("{}-{:013X}", self.node, self.counter.fetch_add(1, Ordering::Relaxed)).into()
     }
 }
 
@@ -188,8 +191,16 @@ pub struct Session {
     ctx: Arc<SessionContext>,
 }
 
-/// Runs a session on an accepted connection until it ends.
-pub async fn run(stream: TcpStream, peer: SocketAddr, listener: Arc<ListenerContext>, ctx: Arc<SessionContext>) {
+/// Runs a session on an accepted connection until it ends. `peer` is the client (behind a
+/// balancer, the one its PROXY header named) and `destination` the address it connected to,
+/// when a PROXY header gave it.
+pub async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    destination: Option<SocketAddr>,
+    listener: Arc<ListenerContext>,
+    ctx: Arc<SessionContext>,
+) {
     let _ = stream.set_nodelay(true);
     let client = ClientInfo {
         ip: peer.ip(),
@@ -197,7 +208,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, listener: Arc<ListenerCont
         name: None,
         helo: None,
         esmtp: false,
-        local: stream.local_addr().ok(),
+        local: destination.or_else(|| stream.local_addr().ok()),
     };
     let upstream = ctx.upstream.session(client, listener.mode.submission());
     let max_size = ctx.config.limits.max_message_size.bytes();

@@ -30,7 +30,7 @@ use self::engine::{Allocation, PluginEngine, PoolPlan};
 use self::sandbox::WasmSandbox;
 use crate::config::{Config, PluginConfig};
 use crate::filter::host::HostContext;
-use crate::filter::kv::KvStore;
+use crate::filter::kv::Kv;
 use crate::filter::{Chain, Plugin};
 use crate::metrics::Metrics;
 
@@ -65,7 +65,7 @@ pub async fn load(config: &Config) -> anyhow::Result<(Chain, Loaded)> {
 /// compete with the old ones for pool slots), whose pool is sized from what the plugins need.
 /// Any failure is an error naming the plugin: the proxy does not start, or a reload does not
 /// happen, with a plugin it cannot run.
-pub async fn load_with(config: &Config, kv: Arc<KvStore>, metrics: Arc<Metrics>) -> anyhow::Result<(Chain, Loaded)> {
+pub async fn load_with(config: &Config, kv: Arc<Kv>, metrics: Arc<Metrics>) -> anyhow::Result<(Chain, Loaded)> {
     if config.plugins.is_empty() {
         return Ok((Chain::new(Vec::new(), kv, metrics), Loaded { allocation: None, plugins: Vec::new() }));
     }
@@ -137,7 +137,7 @@ async fn load_one(
     wasm: &[u8],
     concurrency: u32,
     needs: Needs,
-    kv: &Arc<KvStore>,
+    kv: &Arc<Kv>,
 ) -> anyhow::Result<(Plugin, Origin, &'static str)> {
     let (bindings, origin) = engine.prepare(wasm, cache)?;
     let sandbox = WasmSandbox::new(engine.clone(), bindings, needs, pc.limits.memory.bytes() as usize, concurrency);

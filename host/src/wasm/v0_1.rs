@@ -17,8 +17,14 @@ mod generated {
         path: "../wit/0.1.0",
         world: "filter",
         exports: { default: async },
-        // Host imports return `wasmtime::Result`, so a refused host call ends the call.
-        imports: { default: trappable },
+        // Host imports return `wasmtime::Result`, so a refused host call ends the call. The
+        // key-value imports are async: a shared store (Redis) is a network round trip.
+        imports: {
+            "wasmtp:filter/host.kv-get": async | trappable,
+            "wasmtp:filter/host.kv-set": async | trappable,
+            "wasmtp:filter/host.kv-incr": async | trappable,
+            default: trappable,
+        },
     });
 }
 
@@ -29,22 +35,28 @@ pub use generated::{Filter, FilterPre};
 shared_contract!();
 
 // The host interface: each import forwards to the plain-Rust host services. A refused call is
-// returned as the error that ends the plugin call; the sandbox classifies it.
+// returned as the error that ends the plugin call; the sandbox classifies it. 0.1 has no way to
+// report a store that cannot answer: a read sees a miss, a write is dropped (both logged and
+// counted by the host services), and a counter ends the call, so the plugin's `on_error` policy
+// decides rather than a made-up count.
 
 impl wit::Host for CallState {}
 
 impl HostImports for CallState {
     shared_host_imports!();
 
-    fn kv_get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
-        self.host.kv_get(&key).map_err(trap)
+    async fn kv_get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(self.host.kv_get(&key).await.map_err(trap)?.unwrap_or(None))
     }
 
-    fn kv_set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> wasmtime::Result<()> {
-        self.host.kv_set(&key, value, ttl_ms.map(Duration::from_millis)).map_err(trap)
+    async fn kv_set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> wasmtime::Result<()> {
+        let _dropped_when_failed =
+            self.host.kv_set(&key, value, ttl_ms.map(Duration::from_millis)).await.map_err(trap)?;
+        Ok(())
     }
 
-    fn kv_incr(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> wasmtime::Result<i64> {
-        self.host.kv_incr(&key, delta, ttl_ms.map(Duration::from_millis)).map_err(trap)
+    async fn kv_incr(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> wasmtime::Result<i64> {
+        let counted = self.host.kv_incr(&key, delta, ttl_ms.map(Duration::from_millis)).await.map_err(trap)?;
+        counted.map_err(|error| trap(HostCallError::Store(error)))
     }
 }

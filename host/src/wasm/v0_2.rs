@@ -17,8 +17,14 @@ mod generated {
         path: "../wit/0.2.0",
         world: "filter",
         exports: { default: async },
-        // Host imports return `wasmtime::Result`, so a refused host call ends the call.
-        imports: { default: trappable },
+        // Host imports return `wasmtime::Result`, so a refused host call ends the call. The
+        // key-value imports are async: a shared store (Redis) is a network round trip.
+        imports: {
+            "wasmtp:filter/host.kv-get": async | trappable,
+            "wasmtp:filter/host.kv-set": async | trappable,
+            "wasmtp:filter/host.kv-incr": async | trappable,
+            default: trappable,
+        },
     });
 }
 
@@ -39,23 +45,37 @@ pub async fn init(
 }
 
 // The host interface: each import forwards to the plain-Rust host services. A refused call is
-// returned as the error that ends the plugin call; the sandbox classifies it. The in-process
-// key-value store cannot be unavailable, so its operations always answer `Ok`.
+// returned as the error that ends the plugin call; the sandbox classifies it. A store that
+// cannot answer, or a full quota, is a `kv-error` the plugin handles.
 
 impl wit::Host for CallState {}
+
+fn kv_error(error: crate::filter::kv::KvError) -> KvError {
+    KvError::Unavailable(error.to_string())
+}
 
 impl HostImports for CallState {
     shared_host_imports!();
 
-    fn kv_get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, KvError>> {
-        self.host.kv_get(&key).map(Ok).map_err(trap)
+    async fn kv_get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, KvError>> {
+        Ok(self.host.kv_get(&key).await.map_err(trap)?.map_err(kv_error))
     }
 
-    fn kv_set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> wasmtime::Result<Result<(), KvError>> {
-        self.host.kv_set(&key, value, ttl_ms.map(Duration::from_millis)).map(Ok).map_err(trap)
+    async fn kv_set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<(), KvError>> {
+        Ok(self.host.kv_set(&key, value, ttl_ms.map(Duration::from_millis)).await.map_err(trap)?.map_err(kv_error))
     }
 
-    fn kv_incr(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> wasmtime::Result<Result<i64, KvError>> {
-        self.host.kv_incr(&key, delta, ttl_ms.map(Duration::from_millis)).map(Ok).map_err(trap)
+    async fn kv_incr(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<i64, KvError>> {
+        Ok(self.host.kv_incr(&key, delta, ttl_ms.map(Duration::from_millis)).await.map_err(trap)?.map_err(kv_error))
     }
 }

@@ -8,6 +8,7 @@ pub mod dns;
 pub mod logs;
 pub mod postfix;
 pub mod recorder;
+pub mod redis;
 pub mod sink;
 
 use std::net::SocketAddr;
