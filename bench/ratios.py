@@ -6,10 +6,13 @@ messages/s ratios (paired per repetition, medians), proxy CPU per 1000 messages 
 With `baseline`, compares this build (targets wasmtp, wasmtp3) with another build measured in
 the same run (targets base, base3): messages/s ratios and CPU per message of both.
 
+With `kv`, compares the rate limiter on Redis (target kv_redis) with the same proxy on the
+embedded store (kv_memory), from bench/kv-e2e.sh.
+
 With `admin`, compares the +3 plugins proxy scraped through its admin listener (target admin3)
 with the same configuration without one (wasmtp3).
 
-usage: ratios.py RESULTS.csv TAG [baseline|admin]"""
+usage: ratios.py RESULTS.csv TAG [baseline|admin|kv]"""
 import csv
 import statistics as st
 import sys
@@ -55,6 +58,15 @@ if len(sys.argv) > 3 and sys.argv[3] == "baseline":
               f"{ratio('wasmtp3', 'base3', conc, size):.3f} | "
               f"{cpu_per_msg('wasmtp', conc, size):.3f}, {cpu_per_msg('base', conc, size):.3f} | "
               f"{cpu_per_msg('wasmtp3', conc, size):.3f}, {cpu_per_msg('base3', conc, size):.3f} |")
+    sys.exit(0)
+
+if len(sys.argv) > 3 and sys.argv[3] == "kv":
+    print("| case | msg/s redis / embedded | msg/s embedded, redis | proxy CPU ms/msg: embedded, redis |")
+    print("|---|---|---|---|")
+    for conc, size in cases:
+        print(f"| c={conc}, {size // 1024} KiB | {ratio('kv_redis', 'kv_memory', conc, size):.3f} | "
+              f"{med('kv_memory', conc, size, 'e2e_mps'):.0f}, {med('kv_redis', conc, size, 'e2e_mps'):.0f} | "
+              f"{cpu_per_msg('kv_memory', conc, size):.3f}, {cpu_per_msg('kv_redis', conc, size):.3f} |")
     sys.exit(0)
 
 if len(sys.argv) > 3 and sys.argv[3] == "admin":

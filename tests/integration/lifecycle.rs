@@ -181,7 +181,9 @@ async fn check_config_names_the_file_and_the_field() {
     assert!(err.contains("bad.toml") && err.contains("limits.max_recipients") && err.contains("line 2"), "{err}");
 
     // The examples as an operator would adapt them: the spool directory exists on their host.
-    for example in ["quickstart.toml", "in-front-of-postfix.toml", "postfix-proxy-filter.toml"] {
+    for example in
+        ["quickstart.toml", "in-front-of-postfix.toml", "postfix-proxy-filter.toml", "behind-a-balancer.toml"]
+    {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/").to_string() + example;
         let text = std::fs::read_to_string(&path).unwrap();
         let adapted = dir.path().join(example);
