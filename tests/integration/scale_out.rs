@@ -185,6 +185,30 @@ async fn a_redis_outage_is_each_plugins_decision_and_kv_recovers_without_a_resta
     assert!(relayed[2].contains("X-Legacy: 0.1 message 3"), "{}", relayed[2]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_is_verified_against_the_configured_ca() {
+    let certs = crate::support::certs::TestCerts::new();
+    let redis = RedisServer::start_tls(certs.leaf("127.0.0.1"), certs.ca.clone()).await;
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let up = Recorder::start(Script::default()).await;
+    let mut config = redis_chain(&url);
+    config.kv.tls_ca_file = Some(certs.ca.clone());
+    let proxy = TestProxy::start_with(config, &up.url()).await;
+    assert_eq!(send_timed(&proxy, "tls").await.0, 250);
+    let relayed = String::from_utf8_lossy(&up.messages()[0].wire).into_owned();
+    assert!(relayed.contains("X-Scripted-KV: read=v stored=1 refused=0"), "{relayed}");
+    assert_eq!(redis.cli(&["GET", "wasmtp:{reader}:v:k"]), "v", "stored in the TLS server");
+    proxy.stop().await;
+
+    // Without the CA the server's certificate is not trusted: kv calls fail, mail does not wait.
+    let up = Recorder::start(Script::default()).await;
+    let proxy = TestProxy::start_with(redis_chain(&url), &up.url()).await;
+    let (code, elapsed) = send_timed(&proxy, "untrusted").await;
+    assert_eq!(code, 451, "legacy's counter cannot count: on_error = tempfail");
+    assert!(elapsed < wasmtp::config::PluginLimits::default().data_time, "{elapsed:?}");
+    proxy.stop().await;
+}
+
 /// Plugin `filler` writes twenty 64 KiB values per message under a 512 KiB quota; `other`
 /// stores one small value.
 fn quota_chain() -> wasmtp::Config {

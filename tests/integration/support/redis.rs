@@ -11,11 +11,21 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// For a TLS-only server: its certificate and key, and the CA that signed them.
+    tls: Option<(wasmtp::config::CertificateConfig, std::path::PathBuf)>,
 }
 
 impl RedisServer {
     pub async fn start() -> Self {
-        let mut redis = Self { port: free_port(), child: None, dir: tempfile::tempdir().unwrap() };
+        let mut redis = Self { port: free_port(), child: None, dir: tempfile::tempdir().unwrap(), tls: None };
+        redis.restart().await;
+        redis
+    }
+
+    /// A server that speaks only TLS on its port, with `cert` signed by the CA at `ca`.
+    pub async fn start_tls(cert: wasmtp::config::CertificateConfig, ca: std::path::PathBuf) -> Self {
+        let mut redis =
+            Self { port: free_port(), child: None, dir: tempfile::tempdir().unwrap(), tls: Some((cert, ca)) };
         redis.restart().await;
         redis
     }
@@ -27,8 +37,20 @@ impl RedisServer {
     /// Starts the server (again) on its port and waits until it answers.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        let mut command = Command::new("redis-server");
+        match &self.tls {
+            None => command.args(["--port", &self.port.to_string()]),
+            Some((cert, _)) => command.args(["--port", "0", "--tls-port", &self.port.to_string()]).args([
+                "--tls-cert-file",
+                cert.cert.to_str().unwrap(),
+                "--tls-key-file",
+                cert.key.to_str().unwrap(),
+                "--tls-auth-clients",
+                "no",
+            ]),
+        };
+        let child = command
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--daemonize", "no", "--dir", self.dir.path().to_str().unwrap()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -59,12 +81,12 @@ impl RedisServer {
 
     /// Runs one command with `redis-cli` and returns its output, trimmed.
     pub fn cli(&self, args: &[&str]) -> String {
-        let output = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .stderr(Stdio::null())
-            .output()
-            .expect("redis-cli runs");
+        let mut command = Command::new("redis-cli");
+        command.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some((_, ca)) = &self.tls {
+            command.args(["--tls", "--cacert", ca.to_str().unwrap()]);
+        }
+        let output = command.args(args).stderr(Stdio::null()).output().expect("redis-cli runs");
         String::from_utf8_lossy(&output.stdout).trim().to_string()
     }
 }
