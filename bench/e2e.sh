@@ -17,6 +17,9 @@
 #   WITH_ADMIN=1 WITH_HARAKA=0 CASES="50:5120:5000" bench/e2e.sh
 #                                 # also run the +3 plugins proxy with its admin listener scraped
 #                                 # every second, and print its ratio to the one without
+#   WITH_EACH=1 WITH_HARAKA=0 CASES="50:5120:5000 10:1048576:300" bench/e2e.sh
+#                                 # also run each plugin alone, and print what each adds to the
+#                                 # proxy's CPU per message and per MiB (bench/plugin-costs.sh)
 #   WITH_TLS=1 WITH_HARAKA=0 CASES="10:5120:2000" bench/e2e.sh
 #                                 # also measure STARTTLS against plain on the proxy without
 #                                 # plugins (bench/tls.py), and RSS per idle TLS session
@@ -39,6 +42,7 @@ THIS_BIN=${THIS_BIN:-$ROOT/target/release/wasmtp}
 THIS_GUESTS=${THIS_GUESTS:-}
 BASELINE_GUESTS=${BASELINE_GUESTS:-}
 WITH_ADMIN=${WITH_ADMIN:-0}
+WITH_EACH=${WITH_EACH:-0}
 WITH_TLS=${WITH_TLS:-0}
 ADMIN_PORT=2544
 ADMIN_HTTP=2545
@@ -46,6 +50,7 @@ BARE_PORT=2540
 PLUGINS_PORT=2541
 BASE_BARE_PORT=2542
 BASE_PLUGINS_PORT=2543
+EACH_PORT=2546 # 2546-2548: one proxy per plugin (WITH_EACH=1)
 mkdir -p "$W"
 
 scripts/setup --test
@@ -55,7 +60,7 @@ GUESTS=$ROOT/guest-plugins/target/wasm32-wasip2/release
 
 ulimit -n 65536 2>/dev/null || true
 cleanup() {
-  for f in wasmtp wasmtp3 base base3 admin3 scraper; do
+  for f in wasmtp wasmtp3 base base3 admin3 scraper only_rewriter only_stamper only_guard; do
     if [ -f "$W/$f.pid" ]; then kill "$(cat "$W/$f.pid")" 2>/dev/null || true; rm -f "$W/$f.pid"; fi
   done
   bash bench/peers.sh stop || true
@@ -82,9 +87,26 @@ $XCLIENT_LINE
 level = "warn"
 CONF
 
-cat >"$W/wasmtp3.toml" <<CONF
+# The three benchmark plugins, one TOML block each: together in wasmtp3.toml, and (WITH_EACH=1)
+# each alone in a proxy of its own, for the per-plugin cost table.
+PLUGIN_rewriter='[[plugins]]
+name = "rewriter"
+path = "'$GUESTS'/address_rewriter.wasm"
+[plugins.config]
+aliases = { "b@example.org" = "b@example.com", "team@example.org" = ["a@example.org", "b@example.org"] }'
+PLUGIN_stamper='[[plugins]]
+name = "stamper"
+path = "'$GUESTS'/header_stamper.wasm"
+[plugins.config]
+add = { "X-Filtered-By" = "wasmtp" }'
+PLUGIN_guard='[[plugins]]
+name = "guard"
+path = "'$GUESTS'/content_guard.wasm"'
+plugin_config() { # port plugin... : a proxy configuration with these plugins
+  local port=$1; shift
+  cat <<CONF
 [server]
-listen = "127.0.0.1:$PLUGINS_PORT"
+listen = "127.0.0.1:$port"
 hostname = "bench.localhost"
 max_connections = 20000
 [upstream]
@@ -94,23 +116,11 @@ $XCLIENT_LINE
 cache_dir = "$W/cache"
 [log]
 level = "warn"
-
-[[plugins]]
-name = "rewriter"
-path = "$GUESTS/address_rewriter.wasm"
-[plugins.config]
-aliases = { "b@example.org" = "b@example.com", "team@example.org" = ["a@example.org", "b@example.org"] }
-
-[[plugins]]
-name = "stamper"
-path = "$GUESTS/header_stamper.wasm"
-[plugins.config]
-add = { "X-Filtered-By" = "wasmtp" }
-
-[[plugins]]
-name = "guard"
-path = "$GUESTS/content_guard.wasm"
 CONF
+  local p block
+  for p in "$@"; do block=PLUGIN_$p; printf '\n%s\n' "${!block}"; done
+}
+plugin_config $PLUGINS_PORT rewriter stamper guard >"$W/wasmtp3.toml"
 
 start_wasmtp() { # name config port [binary]
   (exec setsid "${4:-$THIS_BIN}" serve --config "$2" --listen "127.0.0.1:$3" </dev/null >"$W/$1.log" 2>&1) &
@@ -147,6 +157,15 @@ if [ "$WITH_ADMIN" = 1 ]; then
   echo $! >"$W/scraper.pid"
   TARGETS="$TARGETS admin3:$ADMIN_PORT:$W/admin3.pid"
 fi
+if [ "$WITH_EACH" = 1 ]; then
+  port=$EACH_PORT
+  for p in rewriter stamper guard; do
+    plugin_config $port $p | sed "s#$GUESTS#${THIS_GUESTS:-$GUESTS}#" >"$W/only_$p.toml"
+    start_wasmtp only_$p "$W/only_$p.toml" $port
+    TARGETS="$TARGETS only_$p:$port:$W/only_$p.pid"
+    port=$((port + 1))
+  done
+fi
 export TARGETS
 bash bench/peers.sh bench | tee "$W/$TAG.summary.md"
 
@@ -157,6 +176,12 @@ if [ -n "$BASELINE_BIN" ]; then
   echo
   echo "## this build against $BASELINE_BIN, same run"
   python3 bench/ratios.py "$RESULTS" "$TAG" baseline | tee -a "$W/$TAG.summary.md"
+fi
+
+if [ "$WITH_EACH" = 1 ]; then
+  echo
+  echo "## What each plugin adds, same run"
+  python3 bench/ratios.py "$RESULTS" "$TAG" plugins | tee -a "$W/$TAG.summary.md"
 fi
 
 if [ "$WITH_ADMIN" = 1 ]; then

@@ -9,10 +9,14 @@ the same run (targets base, base3): messages/s ratios and CPU per message of bot
 With `kv`, compares the rate limiter on Redis (target kv_redis) with the same proxy on the
 embedded store (kv_memory), from bench/kv-e2e.sh.
 
+With `plugins`, what each benchmark plugin alone (targets only_rewriter, only_stamper,
+only_guard) and the three together (wasmtp3) add to the proxy's CPU over no plugins (wasmtp),
+per message and per MiB, from `WITH_EACH=1 bench/e2e.sh`.
+
 With `admin`, compares the +3 plugins proxy scraped through its admin listener (target admin3)
 with the same configuration without one (wasmtp3).
 
-usage: ratios.py RESULTS.csv TAG [baseline|admin|kv]"""
+usage: ratios.py RESULTS.csv TAG [baseline|admin|kv|plugins]"""
 import csv
 import statistics as st
 import sys
@@ -67,6 +71,29 @@ if len(sys.argv) > 3 and sys.argv[3] == "kv":
         print(f"| c={conc}, {size // 1024} KiB | {ratio('kv_redis', 'kv_memory', conc, size):.3f} | "
               f"{med('kv_memory', conc, size, 'e2e_mps'):.0f}, {med('kv_redis', conc, size, 'e2e_mps'):.0f} | "
               f"{cpu_per_msg('kv_memory', conc, size):.3f}, {cpu_per_msg('kv_redis', conc, size):.3f} |")
+    sys.exit(0)
+
+if len(sys.argv) > 3 and sys.argv[3] == "plugins":
+    # CPU added over the proxy without plugins; per MiB for the large cases (the per-message
+    # part is small next to the body's), per message for the small ones.
+    print("| plugin | " + " | ".join(f"c={c}, {s // 1024} KiB: ms/msg added" + (", ms/MiB" if s >= 2**20 else "")
+                                   for c, s in cases) + " |")
+    print("|---|" + "---|" * len(cases))
+    for name, target in [("address-rewriter", "only_rewriter"), ("header-stamper", "only_stamper"),
+                         ("content-guard", "only_guard"), ("all three", "wasmtp3")]:
+        cells = []
+        for conc, size in cases:
+            added = cpu_per_msg(target, conc, size) - cpu_per_msg("wasmtp", conc, size)
+            cell = f"{added:.3f}"
+            if size >= 2**20:
+                cell += f", {added / (size / 2**20):.2f}"
+            cells.append(cell)
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print()
+    print("| case | msg/s +3 plugins / no plugins (target ≥ 0.8) |")
+    print("|---|---|")
+    for conc, size in cases:
+        print(f"| c={conc}, {size // 1024} KiB | {ratio('wasmtp3', 'wasmtp', conc, size):.3f} |")
     sys.exit(0)
 
 if len(sys.argv) > 3 and sys.argv[3] == "admin":
