@@ -35,6 +35,14 @@ use super::{v0_1, v0_2};
 /// those flushes). Up to `cores × 15` idle slots stay dirty in between, which bounds the RSS.
 const DECOMMIT_BATCH: usize = 16;
 
+/// Linear memory a pool slot keeps resident when its call ends: the pages the call wrote, up to
+/// this much, are reset in place (found with Linux's `PAGEMAP_SCAN`, 6.7 and later; older
+/// kernels reset the lowest this-many bytes) instead of being decommitted and faulted back in
+/// by the next call. Decommits were the largest single cost of a plugin call under concurrency
+/// (TLB shootdowns and refaults, bench/profile-2026-12-02.md). A call that writes more keeps
+/// this much and decommits the rest, so idle slots hold at most this much each.
+const KEEP_RESIDENT: usize = 4 << 20;
+
 /// Epoch tick: the resolution of plugin time limits.
 pub const TICK: Duration = Duration::from_millis(1);
 
@@ -129,7 +137,10 @@ impl PluginEngine {
             .max_tables_per_module(plan.largest(|n| n.tables_per_module))
             .table_elements(table_elements.max(DEFAULT_TABLE_ELEMENTS) as usize)
             .max_memory_size(reservation as usize)
-            .decommit_batch_size(DECOMMIT_BATCH);
+            .decommit_batch_size(DECOMMIT_BATCH)
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(KEEP_RESIDENT)
+            .pagemap_scan(wasmtime::Enabled::Auto);
         let reserved = u64::from(memories) * (reservation + MEMORY_GUARD) + u64::from(calls) * (ASYNC_STACK as u64);
         let (engine, allocation) = match Engine::new(&engine_config(reservation, Some(pool))) {
             Ok(engine) => (engine, Allocation::Pooling { reserved }),
@@ -190,6 +201,10 @@ fn engine_config(reservation: u64, pool: Option<PoolingAllocationConfig>) -> Con
         .memory_guard_size(MEMORY_GUARD)
         .memory_reservation_for_growth(0)
         .guard_before_linear_memory(false);
+    #[cfg(feature = "profiling")]
+    if std::env::var_os("WASMTP_PERFMAP").is_some() {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     if let Some(pool) = pool {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
