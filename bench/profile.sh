@@ -64,6 +64,9 @@ add = { "X-Filtered-By" = "wasmtp" }
 name = "guard"
 path = "$GUESTS/content_guard.wasm"
 CONF
+# No compile cache: code loaded from a cache file is mapped from that file, which perf names
+# by the file instead of by the perf map's function names.
+rm -rf "$W/cache"
 (WASMTP_PERFMAP=1 exec setsid "$BIN" serve --config "$W/proxy.toml" </dev/null >"$W/proxy.log" 2>&1) &
 echo $! >"$W/proxy.pid"
 PID=$(cat "$W/proxy.pid")

@@ -25,6 +25,8 @@ for line in sys.stdin:
         for module, name in PLUGINS.items():
             if sym.startswith(module + "::"):
                 group = f"guest code: {name}"
+    elif dso.endswith(".cwasm"):
+        group = "guest code, mapped from the compile cache (unnamed)"
     elif dso.startswith("libc"):
         group = "libc"
     elif dso == "wasmtp":
