@@ -7,6 +7,7 @@
 #
 #   bench/profile.sh                         # c=50 5 KiB and c=10 1 MiB
 #   CASES="50:5120:12000" SECONDS_PER_CASE=6 bench/profile.sh
+#   BARE=1 bench/profile.sh                  # the proxy without plugins, to compare against
 #
 # Needs linux-perf (scripts/setup --test does not install it: `apt-get install linux-perf`),
 # Postfix's smtp-sink and smtp-source. The build goes to target/profiling (its own flags would
@@ -47,6 +48,8 @@ xclient = false
 cache_dir = "$W/cache"
 [log]
 level = "warn"
+CONF
+[ "${BARE:-0}" = 1 ] || cat >>"$W/proxy.toml" <<CONF
 
 [[plugins]]
 name = "rewriter"
