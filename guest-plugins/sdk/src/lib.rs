@@ -315,26 +315,35 @@ impl Address {
     }
 }
 
+/// The host's imports: the real ones inside the sandbox, [`testing::MockHost`] in a native
+/// `cargo test`, so a plugin's stages can be tested without a host.
+#[cfg(target_family = "wasm")]
+mod host {
+    pub use super::wit_host::{config, kv_get, kv_incr, kv_set, log, notes_get, notes_set};
+}
+#[cfg(not(target_family = "wasm"))]
+use testing::mock as host;
+
 /// Writes to the host's log, tagged with the plugin and session.
 pub fn log(level: Level, message: &str) {
-    wit_host::log(level, message);
+    host::log(level, message);
 }
 
 /// The plugin's `config` table as JSON text.
 pub fn config_json() -> String {
-    wit_host::config()
+    host::config()
 }
 
 /// Per-transaction notes, private to the plugin.
 pub mod notes {
-    use super::wit_host;
+    use super::host;
 
     pub fn get(key: &str) -> Option<String> {
-        wit_host::notes_get(key)
+        host::notes_get(key)
     }
 
     pub fn set(key: &str, value: &str) {
-        wit_host::notes_set(key, value)
+        host::notes_set(key, value)
     }
 }
 
@@ -342,7 +351,7 @@ pub mod notes {
 pub mod kv {
     use std::time::Duration;
 
-    use super::{KvError, wit_host};
+    use super::{KvError, host};
 
     fn millis(ttl: Option<Duration>) -> Option<u64> {
         ttl.map(|d| d.as_millis().min(u128::from(u64::MAX)) as u64)
@@ -351,16 +360,245 @@ pub mod kv {
     /// The value at `key`, if any. An error means the store could not answer; what that means
     /// for the message is the plugin's call (usually `tempfail`, or let it through).
     pub fn get(key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        wit_host::kv_get(key)
+        host::kv_get(key)
     }
 
     pub fn set(key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), KvError> {
-        wit_host::kv_set(key, value, millis(ttl))
+        host::kv_set(key, value, millis(ttl))
     }
 
     /// Adds `delta` to a counter; `ttl` applies when the counter is created (a fixed window).
     pub fn incr(key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
-        wit_host::kv_incr(key, delta, millis(ttl))
+        host::kv_incr(key, delta, millis(ttl))
+    }
+}
+
+/// A scripted host for native `cargo test`s of a plugin (not in the `.wasm` build).
+///
+/// Install a [`MockHost`](testing::MockHost) with the plugin's configuration, notes and store
+/// contents, then call the plugin's stages through [`testing::on_connect`] … [`testing::on_data`]:
+/// they parse the configuration and call the [`Filter`] method as the exported entry point does
+/// in the sandbox. Log lines, notes and the store are read back from the handle.
+///
+/// ```
+/// use wasmtp_plugin::testing::MockHost;
+/// use wasmtp_plugin::{kv, log, Level};
+///
+/// let host = MockHost::new().config(r#"{"limit": 2}"#).install();
+/// assert_eq!(kv::incr("ip:192.0.2.1", 1, None).unwrap(), 1);
+/// log(Level::Info, "counted");
+/// assert_eq!(host.logs(), vec![(Level::Info, "counted".to_string())]);
+/// assert_eq!(wasmtp_plugin::config_json(), r#"{"limit": 2}"#);
+/// ```
+///
+/// Without an installed host, a host call panics with a message saying so (in that test only).
+#[cfg(not(target_family = "wasm"))]
+pub mod testing {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::rc::Rc;
+
+    use super::{Address, AuthResults, Connection, Decision, Envelope, Filter, KvError, Level, Message};
+
+    #[derive(Debug, Default)]
+    struct State {
+        config: String,
+        notes: HashMap<String, String>,
+        kv: HashMap<String, Vec<u8>>,
+        kv_unavailable: Option<String>,
+        logs: Vec<(Level, String)>,
+    }
+
+    thread_local! {
+        static HOST: RefCell<Option<Rc<RefCell<State>>>> = const { RefCell::new(None) };
+    }
+
+    /// What the mock host answers; [`MockHost::install`] makes it this thread's host.
+    #[derive(Debug, Default)]
+    pub struct MockHost(State);
+
+    impl MockHost {
+        /// A host with the configuration `{}`, no notes and an empty store.
+        pub fn new() -> Self {
+            MockHost(State { config: "{}".into(), ..State::default() })
+        }
+
+        /// The plugin's configuration, as the JSON text the host hands over.
+        pub fn config(mut self, json: &str) -> Self {
+            self.0.config = json.to_string();
+            self
+        }
+
+        /// A note already set by an earlier stage.
+        pub fn note(mut self, key: &str, value: &str) -> Self {
+            self.0.notes.insert(key.into(), value.into());
+            self
+        }
+
+        /// A value already in the store (a counter is its decimal text).
+        pub fn kv_value(mut self, key: &str, value: &[u8]) -> Self {
+            self.0.kv.insert(key.into(), value.to_vec());
+            self
+        }
+
+        /// Every store operation fails with `kv-error::unavailable(reason)`.
+        pub fn kv_unavailable(mut self, reason: &str) -> Self {
+            self.0.kv_unavailable = Some(reason.into());
+            self
+        }
+
+        /// Makes this the host of the current thread's host calls until the handle is dropped.
+        pub fn install(self) -> Installed {
+            let state = Rc::new(RefCell::new(self.0));
+            HOST.with(|h| *h.borrow_mut() = Some(state.clone()));
+            Installed(state)
+        }
+    }
+
+    /// The installed host: read back what the plugin did.
+    #[derive(Debug)]
+    pub struct Installed(Rc<RefCell<State>>);
+
+    impl Installed {
+        /// The log lines written so far, in order.
+        pub fn logs(&self) -> Vec<(Level, String)> {
+            self.0.borrow().logs.clone()
+        }
+
+        /// A note's value.
+        pub fn note(&self, key: &str) -> Option<String> {
+            self.0.borrow().notes.get(key).cloned()
+        }
+
+        /// A store entry's value.
+        pub fn kv_value(&self, key: &str) -> Option<Vec<u8>> {
+            self.0.borrow().kv.get(key).cloned()
+        }
+    }
+
+    impl Drop for Installed {
+        fn drop(&mut self) {
+            HOST.with(|h| {
+                let mut current = h.borrow_mut();
+                if current.as_ref().is_some_and(|s| Rc::ptr_eq(s, &self.0)) {
+                    *current = None;
+                }
+            });
+        }
+    }
+
+    /// A connection from `client_ip` (port 25000, session `test`), with no EHLO, TLS,
+    /// authentication or sender-authentication results yet; set fields as a test needs.
+    pub fn connection(client_ip: &str) -> Connection {
+        Connection {
+            session_id: "test".into(),
+            client_ip: client_ip.into(),
+            client_port: 25000,
+            client_name: None,
+            helo: None,
+            tls: None,
+            authenticated_as: None,
+            auth: AuthResults { iprev: None, spf_helo: None, spf_mail: None, dkim: Vec::new(), arc: None, dmarc: None },
+        }
+    }
+
+    /// An address without parameters.
+    pub fn address(mailbox: &str) -> Address {
+        Address { mailbox: mailbox.into(), params: Vec::new() }
+    }
+
+    /// An envelope from `sender` (empty: the null sender) to `recipients`.
+    pub fn envelope(sender: &str, recipients: &[&str]) -> Envelope {
+        Envelope {
+            sender: (!sender.is_empty()).then(|| address(sender)),
+            recipients: recipients.iter().map(|r| address(r)).collect(),
+        }
+    }
+
+    /// Calls `on_connect` as the exported entry point does: configuration parsed, then the stage.
+    pub fn on_connect<F: Filter>(conn: &Connection) -> Decision {
+        super::with_config(|c: &F::Config| F::on_connect(c, conn))
+    }
+
+    /// Calls `on_ehlo` as the exported entry point does.
+    pub fn on_ehlo<F: Filter>(conn: &Connection, helo: &str) -> Decision {
+        super::with_config(|c: &F::Config| F::on_ehlo(c, conn, helo))
+    }
+
+    /// Calls `on_mail` as the exported entry point does.
+    pub fn on_mail<F: Filter>(conn: &Connection, sender: &Address) -> Decision {
+        super::with_config(|c: &F::Config| F::on_mail(c, conn, sender))
+    }
+
+    /// Calls `on_rcpt` as the exported entry point does.
+    pub fn on_rcpt<F: Filter>(conn: &Connection, envelope: &Envelope, recipient: &Address) -> Decision {
+        super::with_config(|c: &F::Config| F::on_rcpt(c, conn, envelope, recipient))
+    }
+
+    /// Calls `on_data` as the exported entry point does.
+    pub fn on_data<F: Filter>(conn: &Connection, envelope: &Envelope, message: &Message) -> Decision {
+        super::with_config(|c: &F::Config| F::on_data(c, conn, envelope, message))
+    }
+
+    /// The host calls, answered by the installed [`MockHost`].
+    pub(crate) mod mock {
+        use super::{HOST, KvError, Level, State};
+
+        fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
+            HOST.with(|h| {
+                let host = h.borrow();
+                let state = host.as_ref().expect(
+                    "a wasmtp host call outside the sandbox: install a \
+                     wasmtp_plugin::testing::MockHost first",
+                );
+                f(&mut state.borrow_mut())
+            })
+        }
+
+        pub fn log(level: Level, message: &str) {
+            with(|s| s.logs.push((level, message.to_string())));
+        }
+
+        pub fn config() -> String {
+            with(|s| s.config.clone())
+        }
+
+        pub fn notes_get(key: &str) -> Option<String> {
+            with(|s| s.notes.get(key).cloned())
+        }
+
+        pub fn notes_set(key: &str, value: &str) {
+            with(|s| {
+                s.notes.insert(key.into(), value.into());
+            });
+        }
+
+        fn available(s: &State) -> Result<(), KvError> {
+            s.kv_unavailable.as_ref().map_or(Ok(()), |reason| Err(KvError::Unavailable(reason.clone())))
+        }
+
+        pub fn kv_get(key: &str) -> Result<Option<Vec<u8>>, KvError> {
+            with(|s| available(s).map(|()| s.kv.get(key).cloned()))
+        }
+
+        pub fn kv_set(key: &str, value: &[u8], _ttl: Option<u64>) -> Result<(), KvError> {
+            with(|s| {
+                available(s)?;
+                s.kv.insert(key.into(), value.to_vec());
+                Ok(())
+            })
+        }
+
+        /// Counters are decimal text, as in the host's store; expiry is not simulated.
+        pub fn kv_incr(key: &str, delta: i64, _ttl: Option<u64>) -> Result<i64, KvError> {
+            with(|s| {
+                available(s)?;
+                let current = s.kv.get(key).and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok());
+                let next = current.unwrap_or(0).saturating_add(delta);
+                s.kv.insert(key.into(), next.to_string().into_bytes());
+                Ok(next)
+            })
+        }
     }
 }
 

@@ -518,6 +518,35 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(target_family = "wasm"))] // the mock host is for native tests
+    fn on_data_runs_natively_against_the_mock_host() {
+        use wasmtp_plugin::testing::{self, MockHost};
+
+        let host = MockHost::new().config(r#"{"tag": "[SPAM]", "suspicious_words": ["act now"]}"#).install();
+        let conn = testing::connection("192.0.2.1");
+        let envelope = testing::envelope("a@example.org", &["b@example.org"]);
+        let decision =
+            testing::on_data::<ContentGuard>(&conn, &envelope, &message(&[("Subject", "Offer")], "Please ACT\r\n now"));
+        assert!(format!("{decision:?}").contains("[SPAM] Offer"), "{decision:?}");
+
+        // Nesting past the limit is logged through the host.
+        let mut deep = String::new();
+        for i in 0..12 {
+            deep.push_str(&format!("--b{i}\r\nContent-Type: multipart/mixed; boundary=b{}\r\n\r\n", i + 1));
+        }
+        let outer = message(&[("Content-Type", "multipart/mixed; boundary=b0")], &deep);
+        testing::on_data::<ContentGuard>(&conn, &envelope, &outer);
+        assert_eq!(host.logs(), vec![(Level::Warn, "MIME nesting deeper than 10 levels was not scanned".to_string())]);
+
+        // A configuration the plugin refuses is the host's problem at this point: a tempfail.
+        drop(host);
+        let host = MockHost::new().config(r#"{"tagg": "x"}"#).install();
+        let decision = testing::on_data::<ContentGuard>(&conn, &envelope, &outer);
+        assert!(matches!(decision.verdict, Verdict::Tempfail(_)), "{decision:?}");
+        assert!(host.logs()[0].1.contains("unknown field `tagg`"), "{:?}", host.logs());
+    }
+
+    #[test]
     fn finds_phrases_as_the_normalized_text_would() {
         let phrases = ["wire transfer", "verify your account", "a b", "ü x"];
         let texts: &[&[u8]] = &[

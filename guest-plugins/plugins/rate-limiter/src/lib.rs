@@ -63,3 +63,33 @@ impl Filter for RateLimiter {
 }
 
 export!(RateLimiter);
+
+#[cfg(all(test, not(target_family = "wasm")))] // the mock host is for native tests
+mod tests {
+    use wasmtp_plugin::Verdict;
+    use wasmtp_plugin::testing::{self, MockHost};
+
+    use super::*;
+
+    #[test]
+    fn counts_per_client_in_the_store_and_tempfails_over_the_limit() {
+        let host = MockHost::new().config(r#"{"limit": 2}"#).install();
+        let conn = testing::connection("192.0.2.7");
+        let sender = testing::address("a@example.org");
+        for _ in 0..2 {
+            assert!(matches!(testing::on_mail::<RateLimiter>(&conn, &sender).verdict, Verdict::Continue));
+        }
+        let third = testing::on_mail::<RateLimiter>(&conn, &sender);
+        assert!(format!("{third:?}").contains("Too many messages from 192.0.2.7"), "{third:?}");
+        assert_eq!(host.kv_value("ip:192.0.2.7").as_deref(), Some(&b"3"[..]));
+    }
+
+    #[test]
+    fn lets_mail_through_when_the_store_is_unavailable() {
+        let host = MockHost::new().kv_unavailable("redis down").install();
+        let decision = testing::on_mail::<RateLimiter>(&testing::connection("192.0.2.7"), &testing::address(""));
+        assert!(matches!(decision.verdict, Verdict::Continue));
+        assert_eq!(host.logs().len(), 1);
+        assert!(host.logs()[0].1.starts_with("not rate limited:"), "{:?}", host.logs());
+    }
+}
