@@ -87,39 +87,9 @@ $XCLIENT_LINE
 level = "warn"
 CONF
 
-# The three benchmark plugins, one TOML block each: together in wasmtp3.toml, and (WITH_EACH=1)
-# each alone in a proxy of its own, for the per-plugin cost table.
-PLUGIN_rewriter='[[plugins]]
-name = "rewriter"
-path = "'$GUESTS'/address_rewriter.wasm"
-[plugins.config]
-aliases = { "b@example.org" = "b@example.com", "team@example.org" = ["a@example.org", "b@example.org"] }'
-PLUGIN_stamper='[[plugins]]
-name = "stamper"
-path = "'$GUESTS'/header_stamper.wasm"
-[plugins.config]
-add = { "X-Filtered-By" = "wasmtp" }'
-PLUGIN_guard='[[plugins]]
-name = "guard"
-path = "'$GUESTS'/content_guard.wasm"'
-plugin_config() { # port plugin... : a proxy configuration with these plugins
-  local port=$1; shift
-  cat <<CONF
-[server]
-listen = "127.0.0.1:$port"
-hostname = "bench.localhost"
-max_connections = 20000
-[upstream]
-url = "smtp://127.0.0.1:2526"
-$XCLIENT_LINE
-[sandbox]
-cache_dir = "$W/cache"
-[log]
-level = "warn"
-CONF
-  local p block
-  for p in "$@"; do block=PLUGIN_$p; printf '\n%s\n' "${!block}"; done
-}
+# plugin_config PORT PLUGIN...: the benchmark proxies' configuration (bench/plugin-config.sh).
+# shellcheck source=bench/plugin-config.sh
+source bench/plugin-config.sh
 plugin_config $PLUGINS_PORT rewriter stamper guard >"$W/wasmtp3.toml"
 
 start_wasmtp() { # name config port [binary]

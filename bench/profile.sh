@@ -36,37 +36,14 @@ cleanup() {
 trap cleanup EXIT
 bash bench/peers.sh sink
 
-cat >"$W/proxy.toml" <<CONF
-[server]
-listen = "127.0.0.1:$PORT"
-hostname = "bench.localhost"
-max_connections = 20000
-[upstream]
-url = "smtp://127.0.0.1:2526"
-xclient = false
-[sandbox]
-cache_dir = "$W/cache"
-[log]
-level = "warn"
-CONF
-[ "${BARE:-0}" = 1 ] || cat >>"$W/proxy.toml" <<CONF
-
-[[plugins]]
-name = "rewriter"
-path = "$GUESTS/address_rewriter.wasm"
-[plugins.config]
-aliases = { "b@example.org" = "b@example.com", "team@example.org" = ["a@example.org", "b@example.org"] }
-
-[[plugins]]
-name = "stamper"
-path = "$GUESTS/header_stamper.wasm"
-[plugins.config]
-add = { "X-Filtered-By" = "wasmtp" }
-
-[[plugins]]
-name = "guard"
-path = "$GUESTS/content_guard.wasm"
-CONF
+XCLIENT_LINE="xclient = false"
+# shellcheck source=bench/plugin-config.sh
+source bench/plugin-config.sh
+if [ "${BARE:-0}" = 1 ]; then
+  plugin_config $PORT >"$W/proxy.toml"
+else
+  plugin_config $PORT rewriter stamper guard >"$W/proxy.toml"
+fi
 # No compile cache: code loaded from a cache file is mapped from that file, which perf names
 # by the file instead of by the perf map's function names.
 rm -rf "$W/cache"
