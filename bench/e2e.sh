@@ -75,21 +75,10 @@ if [ "$WITH_HARAKA" = 1 ]; then bash bench/peers.sh setup; else bash bench/peers
 XCLIENT=${XCLIENT:-off}
 XCLIENT_LINE="xclient = false"
 [ "$XCLIENT" = on ] && XCLIENT_LINE=""
-cat >"$W/wasmtp.toml" <<CONF
-[server]
-listen = "127.0.0.1:$BARE_PORT"
-hostname = "bench.localhost"
-max_connections = 20000
-[upstream]
-url = "smtp://127.0.0.1:2526"
-$XCLIENT_LINE
-[log]
-level = "warn"
-CONF
-
 # plugin_config PORT PLUGIN...: the benchmark proxies' configuration (bench/plugin-config.sh).
 # shellcheck source=bench/plugin-config.sh
 source bench/plugin-config.sh
+plugin_config $BARE_PORT >"$W/wasmtp.toml"
 plugin_config $PLUGINS_PORT rewriter stamper guard >"$W/wasmtp3.toml"
 
 start_wasmtp() { # name config port [binary]

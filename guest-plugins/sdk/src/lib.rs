@@ -414,8 +414,14 @@ pub mod testing {
     }
 
     /// What the mock host answers; [`MockHost::install`] makes it this thread's host.
-    #[derive(Debug, Default)]
+    #[derive(Debug)]
     pub struct MockHost(State);
+
+    impl Default for MockHost {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
 
     impl MockHost {
         /// A host with the configuration `{}`, no notes and an empty store.

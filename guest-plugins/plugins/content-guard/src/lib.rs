@@ -240,7 +240,7 @@ fn matches_at(text: &[u8], phrase: &[u8]) -> bool {
     let mut i = 0;
     for &p in phrase {
         if p == b' ' {
-            let run = text[i.min(text.len())..].iter().take_while(|b| b.is_ascii_whitespace()).count();
+            let run = text[i..].iter().take_while(|b| b.is_ascii_whitespace()).count();
             if run == 0 {
                 return false;
             }
