@@ -223,8 +223,9 @@ fn check_config(file: &Path, no_plugins: bool) -> anyhow::Result<()> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let (chain, loaded) = runtime.block_on(crate::wasm::load(&config))?;
         for (report, plugin) in loaded.plugins.iter().zip(chain.plugins()) {
+            let shadow = if plugin.mode == crate::config::PluginMode::Shadow { " [shadow]" } else { "" };
             println!(
-                "  plugin {}: {} (from {}, {:.1} ms)",
+                "  plugin {}{shadow}: {} (from {}, {:.1} ms)",
                 report.name,
                 plugin.manifest,
                 report.origin.name(),

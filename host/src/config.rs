@@ -430,6 +430,12 @@ pub struct PluginConfig {
     /// What a fault of this plugin (trap, timeout, invalid answer) means for the message.
     #[serde(default)]
     pub on_error: OnError,
+    /// `live` (the default): its verdicts and edits take effect. `shadow`: it is called at its
+    /// stages like a live plugin, but nothing it answers takes effect and its faults never
+    /// touch the session; where its verdict differs from the live chain's outcome, the log and
+    /// `wasmtp_plugin_shadow_disagreements_total` say so.
+    #[serde(default)]
+    pub mode: PluginMode,
     #[serde(default)]
     pub limits: PluginLimits,
     #[serde(default)]
@@ -446,11 +452,22 @@ impl PluginConfig {
             name: name.to_string(),
             path: path.into(),
             on_error: OnError::default(),
+            mode: PluginMode::default(),
             limits: PluginLimits::default(),
             breaker: BreakerConfig::default(),
             config: toml::Table::new(),
         }
     }
+}
+
+/// Whether a plugin's answers take effect.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginMode {
+    #[default]
+    Live,
+    /// Called, compared with the live chain, never obeyed.
+    Shadow,
 }
 
 /// A plugin's failure policy.

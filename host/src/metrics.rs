@@ -73,6 +73,14 @@ struct PluginFaultLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShadowLabels {
+    plugin: Arc<str>,
+    stage: &'static str,
+    live: &'static str,
+    shadow: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KvFailureLabels {
     plugin: String,
     operation: &'static str,
@@ -119,6 +127,7 @@ pub struct Metrics {
     upstream_up: Gauge,
     plugin_calls: Family<PluginCallLabels, Counter>,
     plugin_faults: Family<PluginFaultLabels, Counter>,
+    shadow_disagreements: Family<ShadowLabels, Counter>,
     plugin_latency: HistogramFamily<PluginStageLabels>,
     plugin_breaker: Family<PluginLabels, Gauge>,
     generation: Gauge,
@@ -155,6 +164,7 @@ impl Metrics {
             upstream_up: Gauge::default(),
             plugin_calls: Family::default(),
             plugin_faults: Family::default(),
+            shadow_disagreements: Family::default(),
             plugin_latency: Family::new_with_constructor(latency_histogram),
             plugin_breaker: Family::default(),
             generation: Gauge::default(),
@@ -206,6 +216,11 @@ impl Metrics {
             metrics.plugin_calls.clone(),
         );
         r.register("plugin_faults", "Plugin faults by plugin, stage and kind", metrics.plugin_faults.clone());
+        r.register(
+            "plugin_shadow_disagreements",
+            "Stages where a shadow plugin's verdict differed from the live chain's outcome, by plugin, stage, live outcome and shadow verdict",
+            metrics.shadow_disagreements.clone(),
+        );
         r.register_with_unit(
             "plugin_call_duration",
             "Wall-clock time of plugin calls, instantiation included",
@@ -304,6 +319,16 @@ impl Metrics {
 
     pub fn plugin_fault(&self, plugin: &Arc<str>, stage: &'static str, fault: &'static str) {
         self.plugin_faults.get_or_create(&PluginFaultLabels { plugin: plugin.clone(), stage, fault }).inc();
+    }
+
+    pub fn shadow_disagreement(
+        &self,
+        plugin: &Arc<str>,
+        stage: &'static str,
+        live: &'static str,
+        shadow: &'static str,
+    ) {
+        self.shadow_disagreements.get_or_create(&ShadowLabels { plugin: plugin.clone(), stage, live, shadow }).inc();
     }
 
     pub fn set_breaker(&self, plugin: &Arc<str>, state: BreakerGauge) {

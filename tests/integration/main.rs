@@ -17,6 +17,7 @@ mod polyglot;
 mod postfix;
 mod sandbox;
 mod scale_out;
+mod shadow;
 mod smuggling;
 mod tls;
 mod upstream_faults;

@@ -29,14 +29,14 @@ mod tests;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use self::api::{BodyAccess, Call, Connection, Decision, EditKind, Manifest, Stage};
+use self::api::{BodyAccess, Call, Connection, Decision, Edit, EditKind, Manifest, Stage};
 use self::breaker::{Breaker, Ticket, Transition};
 use self::host::{HostContext, LogBudget, NoteScopes};
 use self::kv::Kv;
 pub use self::sandbox::{Fault, FaultKind, Sandbox};
 use self::stages::StageState;
 use self::validate::Verdict;
-use crate::config::{OnError, PluginConfig, PluginLimits};
+use crate::config::{OnError, PluginConfig, PluginLimits, PluginMode};
 use crate::metrics::Metrics;
 use crate::replies;
 use crate::smtp::Reply;
@@ -70,11 +70,41 @@ impl Outcome {
     }
 }
 
+/// What became of one plugin call, as an [`Observer`] sees it.
+#[derive(Debug)]
+pub enum Called<'a> {
+    /// The plugin answered; its edits (when the observer asked for them) took effect, unless
+    /// it is a shadow.
+    Decided {
+        verdict: &'a Verdict,
+        edits: &'a [Edit],
+    },
+    Fault(&'a Fault),
+    /// Its circuit breaker is open: not called.
+    Bypassed,
+}
+
+/// Watches a stage's plugin calls: the offline test harness and session recording use it to
+/// see each plugin's decision, not only the stage's outcome. The session runs with `()`.
+pub trait Observer: Send {
+    /// Whether [`Called::Decided`] should carry the edits (a copy the chain makes only then).
+    fn wants_edits(&self) -> bool {
+        false
+    }
+
+    fn called(&mut self, plugin: &Plugin, stage: Stage, called: Called<'_>);
+}
+
+impl Observer for () {
+    fn called(&mut self, _: &Plugin, _: Stage, _: Called<'_>) {}
+}
+
 /// One loaded plugin: what it declared, its policies, and the sandbox that runs it.
 pub struct Plugin {
     pub name: Arc<str>,
     pub manifest: Manifest,
     pub on_error: OnError,
+    pub mode: PluginMode,
     pub limits: PluginLimits,
     config_json: Arc<str>,
     breaker: Breaker,
@@ -99,6 +129,7 @@ impl Plugin {
             name: config.name.as_str().into(),
             manifest,
             on_error: config.on_error,
+            mode: config.mode,
             limits: config.limits.clone(),
             config_json: plugin_config_json(config)?.into(),
             breaker: Breaker::new(config.breaker.clone()),
@@ -174,30 +205,101 @@ impl Chain {
     }
 
     /// Runs every plugin that declares `S::STAGE` over `state`, in order, and merges their
-    /// verdicts. `state` ends up as the last successful plugin left it.
-    pub async fn run<S: StageState>(&self, conn: &Connection, mut notes: NoteScopes<'_>, state: &mut S) -> Outcome {
-        for plugin in self.plugins.iter().filter(|p| p.manifest.declares(S::STAGE)) {
-            let verdict = match plugin.breaker.admit() {
-                Some(ticket) => self.call(plugin, ticket, conn, &mut notes, state).await,
-                None => {
-                    self.metrics.plugin_bypassed(&plugin.name, S::STAGE.name());
-                    tracing::debug!(plugin = %plugin.name, stage = %S::STAGE, "circuit open: plugin bypassed");
-                    None
-                }
+    /// verdicts. `state` ends up as the last successful live plugin left it.
+    ///
+    /// Shadow plugins are called at their place in the chain on a copy of the state (or, when
+    /// the stage ended before their place, on the state it ended with), and their verdicts are
+    /// only compared with the stage's outcome.
+    pub async fn run<S: StageState>(&self, conn: &Connection, notes: NoteScopes<'_>, state: &mut S) -> Outcome {
+        self.run_observed(conn, notes, state, &mut ()).await
+    }
+
+    /// [`Chain::run`], telling `observer` what became of each call.
+    pub async fn run_observed<S: StageState>(
+        &self,
+        conn: &Connection,
+        mut notes: NoteScopes<'_>,
+        state: &mut S,
+        observer: &mut dyn Observer,
+    ) -> Outcome {
+        let mut plugins = self.plugins.iter().filter(|p| p.manifest.declares(S::STAGE));
+        let mut shadows = Vec::new();
+        let mut outcome = Outcome::Continue;
+        for plugin in plugins.by_ref() {
+            if plugin.mode == PluginMode::Shadow {
+                let mut copy = state.clone();
+                shadows.push((plugin, self.admit_and_call(plugin, conn, &mut notes, &mut copy, observer).await));
+                continue;
+            }
+            let ended = match self.admit_and_call(plugin, conn, &mut notes, state, observer).await {
+                None => Some(on_error(plugin, S::STAGE)).filter(|o| *o != Outcome::Continue),
+                Some((Verdict::Continue, _)) => None,
+                Some((Verdict::Accept, _)) => Some(Outcome::Continue),
+                Some((Verdict::Reject(reply), _)) => Some(Outcome::Reject(reply)),
+                Some((Verdict::Tempfail(reply), _)) => Some(Outcome::Tempfail(reply)),
+                Some((Verdict::Disconnect(reply), _)) => Some(Outcome::Disconnect(reply)),
             };
-            match verdict {
-                None => match on_error(plugin, S::STAGE) {
-                    Outcome::Continue => continue,
-                    outcome => return outcome,
-                },
-                Some(Verdict::Continue) => continue,
-                Some(Verdict::Accept) => return Outcome::Continue,
-                Some(Verdict::Reject(reply)) => return Outcome::Reject(reply),
-                Some(Verdict::Tempfail(reply)) => return Outcome::Tempfail(reply),
-                Some(Verdict::Disconnect(reply)) => return Outcome::Disconnect(reply),
+            if let Some(ended) = ended {
+                outcome = ended;
+                break;
             }
         }
-        Outcome::Continue
+        for plugin in plugins.filter(|p| p.mode == PluginMode::Shadow) {
+            let mut copy = state.clone();
+            shadows.push((plugin, self.admit_and_call(plugin, conn, &mut notes, &mut copy, observer).await));
+        }
+        for (plugin, called) in shadows {
+            if let Some((verdict, edits)) = called {
+                self.compare_shadow(plugin, S::STAGE, &verdict, edits, &outcome);
+            }
+        }
+        outcome
+    }
+
+    /// Calls `plugin` unless its breaker is open: the checked verdict and the number of edits
+    /// applied to `state`, or `None` after a fault or while bypassed.
+    async fn admit_and_call<S: StageState>(
+        &self,
+        plugin: &Plugin,
+        conn: &Connection,
+        notes: &mut NoteScopes<'_>,
+        state: &mut S,
+        observer: &mut dyn Observer,
+    ) -> Option<(Verdict, usize)> {
+        match plugin.breaker.admit() {
+            Some(ticket) => self.call(plugin, ticket, conn, notes, state, observer).await,
+            None => {
+                observer.called(plugin, S::STAGE, Called::Bypassed);
+                self.metrics.plugin_bypassed(&plugin.name, S::STAGE.name());
+                tracing::debug!(plugin = %plugin.name, stage = %S::STAGE, "circuit open: plugin bypassed");
+                None
+            }
+        }
+    }
+
+    /// Logs and counts a shadow plugin's verdict that differs from what the live chain did
+    /// at that stage: another outcome (accept and continue are one), or another reply code.
+    fn compare_shadow(&self, plugin: &Plugin, stage: Stage, verdict: &Verdict, edits: usize, live: &Outcome) {
+        let shadow = match verdict {
+            Verdict::Continue | Verdict::Accept => "continue",
+            other => other.name(),
+        };
+        let same_code = verdict.reply().map(Reply::code) == live.reply().map(Reply::code);
+        if shadow == live.name() && same_code {
+            return;
+        }
+        self.metrics.shadow_disagreement(&plugin.name, stage.name(), live.name(), shadow);
+        tracing::warn!(
+            plugin = %plugin.name,
+            version = %plugin.manifest.version,
+            stage = %stage,
+            live = live.name(),
+            live_reply = %live.reply().map(brief).unwrap_or_default(),
+            shadow,
+            shadow_reply = %verdict.reply().map(brief).unwrap_or_default(),
+            shadow_edits = edits,
+            "shadow plugin disagrees with the live chain"
+        );
     }
 
     /// The breaker state of every plugin, for the metrics.
@@ -225,7 +327,8 @@ impl Chain {
         conn: &Connection,
         notes: &mut NoteScopes<'_>,
         state: &mut S,
-    ) -> Option<Verdict> {
+        observer: &mut dyn Observer,
+    ) -> Option<(Verdict, usize)> {
         let started = Instant::now();
         let logs = Arc::new(LogBudget::default());
         let host = HostContext::new(
@@ -250,7 +353,17 @@ impl Chain {
             Err(_) => (Err(Fault::new(FaultKind::Timeout, "time limit exceeded in a host or WASI call")), Vec::new()),
         };
         logs.report(&plugin.name);
-        let decided = answer.and_then(|decision| apply(plugin, state, decision).map_err(Fault::from));
+        let mut edits_seen = Vec::new();
+        let decided = answer.and_then(|decision| {
+            if observer.wants_edits() {
+                edits_seen = decision.edits.clone();
+            }
+            apply(plugin, state, decision).map_err(Fault::from)
+        });
+        match &decided {
+            Ok((verdict, _, _)) => observer.called(plugin, S::STAGE, Called::Decided { verdict, edits: &edits_seen }),
+            Err(fault) => observer.called(plugin, S::STAGE, Called::Fault(fault)),
+        }
         // Waiting for a free slot says nothing about the plugin's health: it does not count.
         let busy = matches!(&decided, Err(fault) if fault.kind == FaultKind::Busy);
         let transition = if busy { None } else { plugin.breaker.record(ticket, decided.is_ok()) };
@@ -294,7 +407,7 @@ impl Chain {
                         "plugin decision"
                     );
                 }
-                Some(verdict)
+                Some((verdict, edits))
             }
             Err(fault) => {
                 self.metrics.plugin_call(&plugin.name, S::STAGE.name(), "fault", elapsed);
@@ -310,7 +423,10 @@ impl Chain {
                         stderr = ?truncated(&fault.stderr, MAX_LOGGED_DETAIL * 4),
                         backtrace = ?truncated(&fault.backtrace, MAX_LOGGED_DETAIL * 4),
                         latency_us,
-                        on_error = plugin.on_error.name(),
+                        on_error = match plugin.mode {
+                            PluginMode::Live => plugin.on_error.name(),
+                            PluginMode::Shadow => "none (shadow)",
+                        },
                         suppressed_since_last = suppressed,
                         "plugin fault"
                     );

@@ -104,6 +104,11 @@ impl TestPlugin {
         self
     }
 
+    fn shadow(mut self) -> Self {
+        self.config.mode = crate::config::PluginMode::Shadow;
+        self
+    }
+
     fn counter(&self) -> Arc<AtomicUsize> {
         self.calls.clone()
     }
@@ -182,6 +187,35 @@ async fn the_first_refusal_ends_the_stage() {
     let Outcome::Reject(r) = outcome else { panic!("{outcome:?}") };
     assert_eq!(r.to_bytes(), b"550 5.7.1 no\r\n");
     assert_eq!((count(&first_calls), count(&after_calls)), (1, 0));
+}
+
+#[tokio::test]
+async fn shadows_are_called_in_place_or_after_the_end_and_never_obeyed() {
+    let rewrite = |_: &Call<'_>, _: &mut HostContext| {
+        answer(Verdict::Reject(reply(550, "5.7.1", "shadow")), vec![Edit::SetSender(Address::new("x@example.org"))])
+    };
+    // Before the live refuser: called on the state as it stands there.
+    let early = plugin("early", &[Stage::Mail], rewrite).edits(&[EditKind::SetSender]).shadow();
+    let refuser = plugin("refuser", &[Stage::Mail], |_, _| answer(Verdict::Reject(reply(550, "5.7.1", "no")), vec![]));
+    // After it: the stage ended, yet the shadow still runs, for the comparison.
+    let late = plugin("late", &[Stage::Mail], |_, _| Err(Fault::new(FaultKind::Crash, "boom"))).shadow();
+    let late = late.on_error(OnError::Continue);
+    let live_after = plugin("live-after", &[Stage::Mail], |_, _| next());
+    let counters = [early.counter(), late.counter(), live_after.counter()];
+    let ordered = chain(vec![early, refuser, late, live_after]);
+    let mut state = mail_state("a@example.org");
+    let outcome = run(&ordered, &mut state).await;
+    assert_eq!(outcome, Outcome::Reject(crate::smtp::Reply::enhanced(550, (5, 7, 1), "no")));
+    assert_eq!(state.sender, mailbox("a@example.org"), "the shadow's edit did not take effect");
+    assert_eq!(counters.each_ref().map(|c| count(c)), [1, 1, 0]);
+
+    // A shadow's refusal or fault never ends a stage the live plugins continue.
+    let naysayer = plugin("naysayer", &[Stage::Mail], rewrite).edits(&[EditKind::SetSender]).shadow();
+    let faulty = plugin("faulty", &[Stage::Mail], |_, _| Err(Fault::new(FaultKind::Crash, "boom"))).shadow();
+    let chain = chain(vec![naysayer, faulty.on_error(OnError::Reject)]);
+    let mut state = mail_state("a@example.org");
+    assert_eq!(run(&chain, &mut state).await, Outcome::Continue);
+    assert_eq!(state.sender, mailbox("a@example.org"));
 }
 
 #[tokio::test]
