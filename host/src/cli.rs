@@ -1,5 +1,6 @@
-//! The command line: `wasmtp serve`, `wasmtp check-config` and `wasmtp reload`. `--help`
-//! is the manual: it names the files, signals, environment and exit status.
+//! The command line: `wasmtp serve`, `wasmtp check-config`, `wasmtp reload` and the plugin
+//! author's `wasmtp plugin test`. `--help` is the manual: it names the files, signals,
+//! environment and exit status.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -89,6 +90,62 @@ enum Commands {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Tools for plugin authors.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Run a plugin offline over test sessions and print what it decides.
+    ///
+    /// The plugin runs in the proxy's own sandbox, with its limits and the validation of
+    /// everything it answers; there is no network and no upstream. Each case is a session:
+    /// connect, EHLO, MAIL, each RCPT, DATA, as far as a client would get. Printed per stage:
+    /// the verdict, the reply the client would hear, each edit, faults with what the plugin
+    /// printed and its backtrace, then the message after the edits as a diff.
+    ///
+    /// Cases come from a fixtures file (--fixtures; see the README's plugin guide), or one per
+    /// .eml file with the envelope from the flags, or one with a small sample message. Exits 1
+    /// when an expectation of a fixture is not met, or the plugin cannot load.
+    Test(PluginTestArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PluginTestArgs {
+    /// The plugin component (.wasm).
+    plugin: PathBuf,
+    /// Messages to run through the plugin, each as one case with the envelope below.
+    messages: Vec<PathBuf>,
+    /// A TOML fixtures file: the plugin's settings, limits and cases with expectations.
+    #[arg(long, short)]
+    fixtures: Option<PathBuf>,
+    /// A TOML file with the plugin's settings (its `[plugins.config]` table), instead of the
+    /// fixtures file's `[config]`.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The plugin's name in logs (default: the file's name without `.wasm`).
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, default_value = "192.0.2.1")]
+    client_ip: std::net::IpAddr,
+    #[arg(long, default_value = "client.example")]
+    helo: String,
+    /// The sender ("" for the null sender).
+    #[arg(long, default_value = "sender@example.org")]
+    from: String,
+    /// A recipient; repeat for several.
+    #[arg(long, default_values_t = ["recipient@example.net".to_string()])]
+    rcpt: Vec<String>,
+    /// The client used TLS.
+    #[arg(long)]
+    tls: bool,
+    /// The client authenticated as this user.
+    #[arg(long)]
+    authenticated_as: Option<String>,
+    /// What a fault means for the client, as the plugin's `on_error` would say.
+    #[arg(long, default_value = "tempfail", value_parser = ["tempfail", "continue", "reject"])]
+    on_error: String,
 }
 
 /// Entry point of the `wasmtp` binary.
@@ -102,6 +159,7 @@ pub fn main() -> anyhow::Result<()> {
         }
         Commands::CheckConfig { file, no_plugins } => check_config(&file, no_plugins),
         Commands::Reload { config } => reload(&config),
+        Commands::Plugin(PluginCommand::Test(args)) => plugin_test(args),
     }
 }
 
@@ -237,6 +295,107 @@ fn check_config(file: &Path, no_plugins: bool) -> anyhow::Result<()> {
         }
     }
     println!("ok");
+    Ok(())
+}
+
+/// `plugin test`: loads the plugin alone into a chain and runs each case through it.
+fn plugin_test(args: PluginTestArgs) -> anyhow::Result<()> {
+    use crate::harness::{self, case::Case, case::Fixtures};
+
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("off,wasmtp::filter::host=trace"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .without_time()
+        .with_target(false)
+        .with_ansi(false)
+        .try_init();
+    let mut fixtures = match &args.fixtures {
+        Some(path) => Fixtures::load(path)?,
+        None => Fixtures::default(),
+    };
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        fixtures.config = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    }
+    let mut cases = std::mem::take(&mut fixtures.cases);
+    let from_flags = |message: Option<PathBuf>, name: String| Case {
+        name,
+        client_ip: args.client_ip,
+        helo: args.helo.clone(),
+        from: args.from.clone(),
+        rcpt: args.rcpt.clone(),
+        tls: args.tls,
+        authenticated_as: args.authenticated_as.clone(),
+        message,
+        ..Case::default()
+    };
+    cases.extend(args.messages.iter().map(|m| from_flags(Some(m.clone()), m.display().to_string())));
+    if cases.is_empty() {
+        cases.push(from_flags(None, "sample message".into()));
+    }
+
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| args.plugin.file_stem().map_or("plugin".into(), |s| s.to_string_lossy().into_owned()));
+    let mut plugin = crate::config::PluginConfig::new(&name, &args.plugin);
+    plugin.config = fixtures.config;
+    plugin.limits = fixtures.limits;
+    plugin.on_error = match args.on_error.as_str() {
+        "continue" => crate::config::OnError::Continue,
+        "reject" => crate::config::OnError::Reject,
+        _ => crate::config::OnError::Tempfail,
+    };
+    let config = Config { plugins: vec![plugin], ..Config::default() };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let failed = runtime.block_on(async {
+        let (chain, loaded) = crate::wasm::load(&config).await?;
+        if let (Some(plugin), Some(report)) = (chain.plugins().next(), loaded.plugins.first()) {
+            println!(
+                "plugin {}: {} (contract {}, {} in {:.0} ms)",
+                name,
+                plugin.manifest,
+                report.contract,
+                match report.origin.name() {
+                    "cache" => "loaded from the compile cache",
+                    other => other,
+                },
+                report.elapsed.as_secs_f64() * 1000.0
+            );
+        }
+        let mut failed = Vec::new();
+        for (i, case) in cases.iter().enumerate() {
+            println!("\ncase {}/{}: {}", i + 1, cases.len(), case.name);
+            let trace = harness::run(&chain, case, &format!("test-{}", i + 1))
+                .await
+                .with_context(|| format!("case `{}`", case.name))?;
+            print!("{}", harness::report::render(&trace));
+            let failures = harness::report::check(&trace, case, &name);
+            if !case.expect.is_empty() {
+                if failures.is_empty() {
+                    println!("  ok: {} expectation(s) met", case.expect.len());
+                } else {
+                    println!("  FAILED:");
+                    for failure in &failures {
+                        println!("    {failure}");
+                    }
+                    failed.push(case.name.clone());
+                }
+            }
+        }
+        let checked = cases.iter().filter(|c| !c.expect.is_empty()).count();
+        println!(
+            "\n{} case(s), {checked} with expectations: {} passed, {} failed",
+            cases.len(),
+            checked - failed.len(),
+            failed.len()
+        );
+        anyhow::Ok(failed)
+    })?;
+    if !failed.is_empty() {
+        anyhow::bail!("{} case(s) did not meet their expectations: {}", failed.len(), failed.join(", "));
+    }
     Ok(())
 }
 

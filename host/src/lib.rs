@@ -5,6 +5,8 @@
 //! - [`cli`], [`server`]: the command line; the listeners, configuration generations and
 //!   reloads, connection limits, the admin endpoints, privileges and graceful shutdown
 //!   ([`shutdown`]);
+//! - [`harness`]: the offline test harness behind `wasmtp plugin test` (a loaded chain over
+//!   recorded or written sessions, no network);
 //! - [`session`]: the per-connection SMTP state machine, one file per verb family, and the
 //!   mail transaction;
 //! - [`wasm`]: the WebAssembly runtime that loads plugins and runs each call in a fresh
@@ -24,6 +26,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod filter;
+pub mod harness;
 pub mod message;
 pub mod metrics;
 pub mod replies;
@@ -41,8 +44,8 @@ pub use config::Config;
 #[cfg(test)]
 mod layering {
     const LAYERS: &[&str] = &[
-        "cli", "server", "session", "wasm", "filter", "upstream", "auth", "tls", "message", "replies", "config",
-        "shutdown", "smtp", "metrics",
+        "cli", "server", "harness", "session", "wasm", "filter", "upstream", "auth", "tls", "message", "replies",
+        "config", "shutdown", "smtp", "metrics",
     ];
 
     fn sources(path: &std::path::Path, out: &mut Vec<(std::path::PathBuf, String)>) {

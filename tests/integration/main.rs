@@ -5,6 +5,7 @@
 mod support;
 
 mod auth;
+mod author_kit;
 mod bounds;
 mod clients;
 mod examples;
