@@ -1,6 +1,6 @@
 //! The command line: `wasmtp serve`, `wasmtp check-config`, `wasmtp reload` and the plugin
-//! author's `wasmtp plugin test`. `--help` is the manual: it names the files, signals,
-//! environment and exit status.
+//! author's `wasmtp plugin new` and `wasmtp plugin test`. `--help` is the manual: it names the
+//! files, signals, environment and exit status.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,6 +32,10 @@ Signals:
                   changes nothing. Listener addresses and connection limits need a restart.
   SIGTERM, SIGINT stop accepting, let sessions finish within timeouts.shutdown_grace, then
                   answer the rest 421 and exit 0.
+
+Plugin authors:
+  wasmtp plugin new NAME --lang rust|python|js   a project with ./build and ./test
+  wasmtp plugin test PLUGIN.wasm --fixtures F    run it offline in the sandbox, check expectations
 
 Admin endpoints ([admin] listen = \"127.0.0.1:9025\"):
   GET /metrics (Prometheus text), GET /healthz, GET /readyz, POST /reload.
@@ -97,6 +101,13 @@ enum Commands {
 
 #[derive(Debug, Subcommand)]
 enum PluginCommand {
+    /// Make a new plugin project that builds and tests on its own, outside this repository.
+    ///
+    /// Writes a working example plugin (it refuses messages whose Subject contains a
+    /// configured word and stamps the others), a README, test fixtures with a sample message,
+    /// a proxy configuration to try it, and two scripts: `./build` (the .wasm) and `./test`.
+    /// The SDK and the plugin contract come with it, matching this wasmtp.
+    New(PluginNewArgs),
     /// Run a plugin offline over test sessions and print what it decides.
     ///
     /// The plugin runs in the proxy's own sandbox, with its limits and the validation of
@@ -108,7 +119,19 @@ enum PluginCommand {
     /// Cases come from a fixtures file (--fixtures; see the README's plugin guide), or one per
     /// .eml file with the envelope from the flags, or one with a small sample message. Exits 1
     /// when an expectation of a fixture is not met, or the plugin cannot load.
-    Test(PluginTestArgs),
+    Test(Box<PluginTestArgs>),
+}
+
+#[derive(Debug, clap::Args)]
+struct PluginNewArgs {
+    /// The plugin's name: lowercase letters, digits and '-' (e.g. subject-guard).
+    name: String,
+    /// The language to write it in.
+    #[arg(long, short, default_value = "rust")]
+    lang: crate::scaffold::Language,
+    /// Where to create the project (default: ./NAME); must not exist or be empty.
+    #[arg(long, short)]
+    dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -159,8 +182,25 @@ pub fn main() -> anyhow::Result<()> {
         }
         Commands::CheckConfig { file, no_plugins } => check_config(&file, no_plugins),
         Commands::Reload { config } => reload(&config),
-        Commands::Plugin(PluginCommand::Test(args)) => plugin_test(args),
+        Commands::Plugin(PluginCommand::New(args)) => plugin_new(args),
+        Commands::Plugin(PluginCommand::Test(args)) => plugin_test(*args),
     }
+}
+
+fn plugin_new(args: PluginNewArgs) -> anyhow::Result<()> {
+    let dir = args.dir.unwrap_or_else(|| PathBuf::from(&args.name));
+    // `./test` runs the fixtures with this binary when no wasmtp is on PATH.
+    let wasmtp = std::env::current_exe().context("cannot find the path of this wasmtp binary")?;
+    crate::scaffold::create(&args.name, args.lang, &dir, &wasmtp)?;
+    let shown = if dir.is_relative() { Path::new(".").join(&dir) } else { dir };
+    println!("created {} plugin {} in {}", args.lang, args.name, shown.display());
+    println!();
+    println!("  cd {}", shown.display());
+    println!("  ./build     # -> {}.wasm", args.name);
+    println!("  ./test      # runs its tests and the cases in fixtures.toml in the sandbox");
+    println!();
+    println!("Then edit the plugin, add cases to fixtures.toml, and see README.md there.");
+    Ok(())
 }
 
 /// Reads the configuration file (or the defaults) with the command line's overrides; reloads
@@ -299,8 +339,20 @@ fn check_config(file: &Path, no_plugins: bool) -> anyhow::Result<()> {
 }
 
 /// `plugin test`: loads the plugin alone into a chain and runs each case through it.
+/// For commands that only print: a closed stdout (`| head`) ends the process quietly, as it
+/// does for other command-line tools, instead of a panic in `println!`. The Rust runtime
+/// ignores SIGPIPE, which `serve` wants for its sockets.
+fn exit_quietly_when_stdout_closes() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: called before any other thread starts; the default action installs no handler
+    // code, so nothing runs in signal context.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 fn plugin_test(args: PluginTestArgs) -> anyhow::Result<()> {
     use crate::harness::{self, case::Case, case::Fixtures};
+
+    exit_quietly_when_stdout_closes();
 
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("off,wasmtp::filter::host=trace"));
     let _ = tracing_subscriber::fmt()

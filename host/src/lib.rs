@@ -7,6 +7,8 @@
 //!   ([`shutdown`]);
 //! - [`harness`]: the offline test harness behind `wasmtp plugin test` (a loaded chain over
 //!   recorded or written sessions, no network);
+//! - [`scaffold`]: `wasmtp plugin new`, standalone plugin projects in Rust, Python and
+//!   JavaScript;
 //! - [`session`]: the per-connection SMTP state machine, one file per verb family, and the
 //!   mail transaction;
 //! - [`wasm`]: the WebAssembly runtime that loads plugins and runs each call in a fresh
@@ -30,6 +32,7 @@ pub mod harness;
 pub mod message;
 pub mod metrics;
 pub mod replies;
+pub mod scaffold;
 pub mod server;
 pub mod session;
 pub mod shutdown;
@@ -44,8 +47,8 @@ pub use config::Config;
 #[cfg(test)]
 mod layering {
     const LAYERS: &[&str] = &[
-        "cli", "server", "harness", "session", "wasm", "filter", "upstream", "auth", "tls", "message", "replies",
-        "config", "shutdown", "smtp", "metrics",
+        "cli", "server", "harness", "scaffold", "session", "wasm", "filter", "upstream", "auth", "tls", "message",
+        "replies", "config", "shutdown", "smtp", "metrics",
     ];
 
     fn sources(path: &std::path::Path, out: &mut Vec<(std::path::PathBuf, String)>) {

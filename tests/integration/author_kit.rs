@@ -152,3 +152,80 @@ expect.mail = { verdict = "fault", fault = "crash", reply = "unreachable" }
     assert_eq!(status, 1);
     assert!(err.contains("plugin `hostile`"), "{err}");
 }
+
+/// Runs a new project's own script (`./build`, `./test`) as its author would: the exit status
+/// and everything it printed.
+async fn project_script(dir: &Path, script: &str) -> (i32, String) {
+    let run = tokio::process::Command::new(dir.join(script))
+        .current_dir(dir)
+        .env("WASMTP", env!("CARGO_BIN_EXE_wasmtp"))
+        .env("XDG_CACHE_HOME", shared_compile_cache())
+        // Nothing of this workspace's own build may leak into the project's.
+        .env_remove("RUST_LOG")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    // A cold build fetches tools and compiles a 12-18 MB interpreter component: minutes, bounded.
+    let out = tokio::time::timeout(std::time::Duration::from_secs(900), run)
+        .await
+        .expect("the project's script finishes within 15 minutes")
+        .expect("the project's script runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// One test for the three languages, one after another: each build is heavy, and the machine
+/// has two cores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_new_makes_projects_that_build_test_and_filter_mail_in_every_language() {
+    let root = tempfile::tempdir().unwrap();
+    for lang in ["rust", "python", "js"] {
+        let name = format!("guard-{lang}");
+        let dir = root.path().join(&name);
+        let (status, out, err) =
+            wasmtp(&["plugin", "new", &name, "--lang", lang, "--dir", dir.to_str().unwrap()], root.path()).await;
+        assert_eq!(status, 0, "{lang}: {out}\n{err}");
+        assert!(out.contains("./build") && out.contains("./test"), "the next steps are printed: {out}");
+        for file in ["README.md", "fixtures.toml", "sample.eml", "wasmtp.toml", "build", "test"] {
+            assert!(dir.join(file).is_file(), "{lang}: {file} is made");
+        }
+
+        // The project's own test command: its build, its tests, its fixtures in the sandbox.
+        let (status, out) = project_script(&dir, "test").await;
+        assert_eq!(status, 0, "{lang}: ./test fails:\n{out}");
+        assert!(out.contains("2 case(s), 2 with expectations: 2 passed, 0 failed"), "{lang}: {out}");
+        if lang == "rust" {
+            assert!(out.contains("test result: ok. 3 passed"), "the native tests ran with the mock host: {out}");
+        }
+
+        // The .wasm it built filters mail in the proxy.
+        let wasm = dir.join(format!("{name}.wasm"));
+        let mut config = with_plugins(vec![plugin(
+            &name,
+            wasm.to_str().unwrap(),
+            serde_json::json!({"blocked_words": ["lottery"]}),
+        )]);
+        // The compile cache `./test` filled (under XDG_CACHE_HOME).
+        config.sandbox.cache_dir = Some(shared_compile_cache().join("wasmtp"));
+        let up = Recorder::start(Script::default()).await;
+        let proxy = TestProxy::start_with(config, &up.url()).await;
+        let mut c = proxy.client().await;
+        c.greet().await;
+        let ok = b"From: a@example.org\r\nSubject: minutes\r\n\r\nhello\r\n";
+        assert_eq!(c.send_mail("a@example.org", &["b@example.net"], &stuff(ok)).await.code, 250, "{lang}");
+        let spam = b"From: a@example.org\r\nSubject: Lottery win\r\n\r\nhello\r\n";
+        let refused = c.send_mail("a@example.org", &["b@example.net"], &stuff(spam)).await;
+        assert_eq!(refused.code, 550, "{lang}: {refused:?}");
+        assert!(refused.text().contains("Messages about \"lottery\" are not accepted"), "{lang}: {refused:?}");
+        c.cmd("QUIT", 221).await;
+        proxy.stop().await;
+        let delivered = up.messages();
+        assert_eq!(delivered.len(), 1, "{lang}: only the harmless message is relayed");
+        let message = String::from_utf8_lossy(&delivered[0].wire).into_owned();
+        assert!(message.contains(&format!("X-Checked-By: {name}\r\n")), "{lang}: {message}");
+    }
+}
