@@ -193,6 +193,13 @@ async fn redis_over_tls_is_verified_against_the_configured_ca() {
     let up = Recorder::start(Script::default()).await;
     let mut config = redis_chain(&url);
     config.kv.tls_ca_file = Some(certs.ca.clone());
+    // The first operation opens the connection, TLS handshake included, which an unoptimised
+    // build on a busy machine can take longer over than the default budget; this test is
+    // about whom the proxy trusts, not how fast.
+    config.kv.timeout = Duration::from_secs(2);
+    for plugin in &mut config.plugins {
+        plugin.limits.data_time = Duration::from_secs(5);
+    }
     let proxy = TestProxy::start_with(config, &up.url()).await;
     assert_eq!(send_timed(&proxy, "tls").await.0, 250);
     let relayed = String::from_utf8_lossy(&up.messages()[0].wire).into_owned();
