@@ -1,6 +1,6 @@
-//! The command line: `wasmtp serve`, `wasmtp check-config`, `wasmtp reload` and the plugin
-//! author's `wasmtp plugin new` and `wasmtp plugin test`. `--help` is the manual: it names the
-//! files, signals, environment and exit status.
+//! The command line: `wasmtp serve`, `wasmtp check-config`, `wasmtp reload`, the plugin
+//! author's `wasmtp plugin new` and `wasmtp plugin test`, and `wasmtp replay`. `--help` is the
+//! manual: it names the files, signals, environment and exit status.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,6 +36,8 @@ Signals:
 Plugin authors:
   wasmtp plugin new NAME --lang rust|python|js   a project with ./build and ./test
   wasmtp plugin test PLUGIN.wasm --fixtures F    run it offline in the sandbox, check expectations
+  wasmtp replay DIR -c F --plugin NAME=NEW.wasm  sessions recorded by [record], run again with a
+                                                 new build: the decisions that differ
 
 Admin endpoints ([admin] listen = \"127.0.0.1:9025\"):
   GET /metrics (Prometheus text), GET /healthz, GET /readyz, POST /reload.
@@ -97,6 +99,27 @@ enum Commands {
     /// Tools for plugin authors.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Run recorded sessions again through the plugins and print the decisions that differ.
+    ///
+    /// DIR is what `[record] dir` wrote. Each session's recorded inputs (connection facts, HELO
+    /// names, envelope, message, authentication results) go through the chain of --config,
+    /// with --plugin NAME=PATH running a new build in place of the configured plugin NAME.
+    /// Every plugin decision (verdict, reply, edits) is compared with the recorded one; those
+    /// that differ are printed as `old → new`, then a summary. There is no upstream and no
+    /// network, and the key-value store starts empty. Exits 1 when a decision differs.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ReplayArgs {
+    /// The recordings' directory.
+    dir: PathBuf,
+    /// The configuration whose plugins (and their settings) to run.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// NAME=PATH: run the component at PATH as the configured plugin NAME; repeat for several.
+    #[arg(long = "plugin", value_name = "NAME=PATH")]
+    plugins: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -184,7 +207,49 @@ pub fn main() -> anyhow::Result<()> {
         Commands::Reload { config } => reload(&config),
         Commands::Plugin(PluginCommand::New(args)) => plugin_new(args),
         Commands::Plugin(PluginCommand::Test(args)) => plugin_test(*args),
+        Commands::Replay(args) => replay(args),
     }
+}
+
+/// `replay`: the configured chain, with the new builds in place, over every recording.
+fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    use crate::harness::replay::{Chains, replay};
+
+    exit_quietly_when_stdout_closes();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("error"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let mut config = Config::load(&args.config)?;
+    for swap in &args.plugins {
+        let Some((name, path)) = swap.split_once('=') else {
+            anyhow::bail!("--plugin {swap}: expected NAME=PATH");
+        };
+        let Some(plugin) = config.plugins.iter_mut().find(|p| p.name == name) else {
+            let names: Vec<&str> = config.plugins.iter().map(|p| p.name.as_str()).collect();
+            anyhow::bail!(
+                "--plugin {swap}: {} has no plugin `{name}` (it has {})",
+                args.config.display(),
+                names.join(", ")
+            );
+        };
+        plugin.path = PathBuf::from(path);
+    }
+    let records = crate::session::record::read_dir(&args.dir)?;
+    if records.is_empty() {
+        anyhow::bail!("{} holds no recordings (`[record] dir` writes <session>.json files)", args.dir.display());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let replayed = runtime.block_on(async {
+        let (chain, _) = crate::wasm::load(&config).await?;
+        replay(&Chains::new(chain, &config), &args.dir, &records).await
+    })?;
+    for difference in &replayed.differences {
+        println!("{difference}");
+    }
+    println!("{}", replayed.summary());
+    if !replayed.differences.is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn plugin_new(args: PluginNewArgs) -> anyhow::Result<()> {
@@ -304,6 +369,17 @@ fn check_config(file: &Path, no_plugins: bool) -> anyhow::Result<()> {
             println!("  spool:    {}", spool.display());
         }
         None => println!("  spool:    {} (system temp directory)", std::env::temp_dir().display()),
+    }
+    if let Some(dir) = &config.record.dir {
+        check_creatable(dir).with_context(|| format!("field `record.dir`: {}", dir.display()))?;
+        let record = &config.record;
+        let redacted = if record.redact_bodies { ", bodies redacted" } else { "" };
+        println!(
+            "  record:   {} (up to {} sessions, {}{redacted})",
+            dir.display(),
+            record.max_sessions,
+            bytesize::ByteSize(record.max_bytes.bytes()).display().iec()
+        );
     }
     if let Some(identity) = privileges::configured(&config)? {
         println!("  runs as:  {} (uid {}, gid {}) after binding", identity.user, identity.uid, identity.gid);

@@ -28,6 +28,7 @@ pub struct Config {
     pub relay: RelayConfig,
     pub admin: AdminConfig,
     pub kv: KvConfig,
+    pub record: RecordConfig,
     /// Where to listen; without any, one `smtp` listener on `server.listen`.
     pub listeners: Vec<ListenerConfig>,
     /// Filter plugins, run in this order at every stage they declare.
@@ -389,6 +390,29 @@ impl Default for UpstreamConfig {
             xclient: true,
             probe_interval: Duration::from_secs(10),
         }
+    }
+}
+
+/// `[record]`: keep each session's inputs and the chain's decisions in `dir`, for
+/// `wasmtp replay` to run again against a new plugin build. Off unless `dir` is set. Recording
+/// stops (with one warning in the log) when `max_sessions` recordings or `max_bytes` are in the
+/// directory; nothing there is ever deleted by the proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordConfig {
+    pub dir: Option<PathBuf>,
+    /// Most sessions kept (counting those already in `dir`).
+    pub max_sessions: u64,
+    /// Most bytes kept (recordings and messages, counting those already in `dir`).
+    pub max_bytes: ByteSize,
+    /// Keep only the header section of each message, not its body (the replay then gives
+    /// plugins an empty body).
+    pub redact_bodies: bool,
+}
+
+impl Default for RecordConfig {
+    fn default() -> Self {
+        Self { dir: None, max_sessions: 1000, max_bytes: ByteSize(256 << 20), redact_bodies: false }
     }
 }
 

@@ -5,12 +5,12 @@
 //! - [`cli`], [`server`]: the command line; the listeners, configuration generations and
 //!   reloads, connection limits, the admin endpoints, privileges and graceful shutdown
 //!   ([`shutdown`]);
-//! - [`harness`]: the offline test harness behind `wasmtp plugin test` (a loaded chain over
-//!   recorded or written sessions, no network);
+//! - [`harness`]: the offline test harness behind `wasmtp plugin test` and `wasmtp replay` (a
+//!   loaded chain over written or recorded sessions, no network);
 //! - [`scaffold`]: `wasmtp plugin new`, standalone plugin projects in Rust, Python and
 //!   JavaScript;
-//! - [`session`]: the per-connection SMTP state machine, one file per verb family, and the
-//!   mail transaction;
+//! - [`session`]: the per-connection SMTP state machine, one file per verb family, the mail
+//!   transaction, and session recording (`[record]`);
 //! - [`wasm`]: the WebAssembly runtime that loads plugins and runs each call in a fresh
 //!   sandbox; the one place that knows the plugin contract's bindings;
 //! - [`filter`]: the filter core in plain Rust — the chain, the edit model, verdict merging,

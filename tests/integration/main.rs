@@ -16,6 +16,7 @@ mod operations;
 mod plugins;
 mod polyglot;
 mod postfix;
+mod record_replay;
 mod sandbox;
 mod scale_out;
 mod shadow;

@@ -431,19 +431,7 @@ async fn json_logs_give_named_fields_for_transactions_and_plugin_decisions() {
 async fn the_quickstart_starts_under_an_8_gib_address_space_limit() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let mut quickstart = std::fs::read_to_string(format!("{repo}/examples/quickstart.toml")).unwrap();
-    for (file, built) in [
-        ("rate_limiter", wasm::RATE_LIMITER),
-        ("address_rewriter", wasm::ADDRESS_REWRITER),
-        ("content_guard", wasm::CONTENT_GUARD),
-        ("header_stamper", wasm::HEADER_STAMPER),
-    ] {
-        quickstart = quickstart.replace(&format!("guest-plugins/target/wasm32-wasip2/release/{file}.wasm"), built);
-    }
-    quickstart = quickstart.replace("127.0.0.1:9025", &format!("127.0.0.1:{}", free_port()));
-    let cache = format!("[sandbox]\ncache_dir = {:?}\n", shared_compile_cache());
-    std::fs::write(dir.path().join("quickstart.toml"), quickstart.replace("[sandbox]\n", &cache)).unwrap();
+    std::fs::write(dir.path().join("quickstart.toml"), quickstart_toml()).unwrap();
     let listen = format!("127.0.0.1:{port}");
     let command = format!("ulimit -v 8388608 && exec {} \"$@\"", env!("CARGO_BIN_EXE_wasmtp"));
     let mut child = Command::new("bash")

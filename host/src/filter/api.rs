@@ -314,6 +314,25 @@ impl Edit {
     }
 }
 
+/// An edit in one line, as logs, `wasmtp plugin test` and recordings show it.
+impl fmt::Display for Edit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Edit::SetSender(a) => write!(f, "set-sender <{}>", a.mailbox),
+            Edit::AddRecipient(a) => write!(f, "add-recipient <{}>", a.mailbox),
+            Edit::RemoveRecipient(m) => write!(f, "remove-recipient <{m}>"),
+            Edit::AddHeader(h) => write!(f, "add-header {}: {}", h.name, h.value),
+            Edit::InsertHeader { index, header } => {
+                write!(f, "insert-header at {index}: {}: {}", header.name, header.value)
+            }
+            Edit::ChangeHeader { name, occurrence, value } => write!(f, "change-header {name} #{occurrence}: {value}"),
+            Edit::RemoveHeader { name, occurrence } => write!(f, "remove-header {name} #{occurrence}"),
+            Edit::ReplaceBody(body) => write!(f, "replace-body ({} octets)", body.len()),
+            Edit::Quarantine(reason) => write!(f, "quarantine: {reason}"),
+        }
+    }
+}
+
 /// A plugin's answer at a stage, before validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {

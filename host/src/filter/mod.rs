@@ -84,6 +84,30 @@ pub enum Called<'a> {
     Bypassed,
 }
 
+impl Called<'_> {
+    /// The call in one line — verdict, reply and edits, a fault's kind — the form recordings
+    /// keep and `wasmtp replay` compares. A fault's detail is left out: it holds timings and
+    /// addresses that differ from run to run.
+    pub fn summary(&self) -> String {
+        match self {
+            Called::Decided { verdict, edits } => {
+                let mut out = verdict.name().to_string();
+                if let Some(reply) = verdict.reply() {
+                    out.push(' ');
+                    out.push_str(&reply.to_string());
+                }
+                for (i, edit) in edits.iter().enumerate() {
+                    out.push_str(if i == 0 { "; " } else { ", " });
+                    out.push_str(&edit.to_string());
+                }
+                out
+            }
+            Called::Fault(fault) => format!("fault ({})", fault.kind),
+            Called::Bypassed => "bypassed (circuit breaker open)".into(),
+        }
+    }
+}
+
 /// Watches a stage's plugin calls: the offline test harness and session recording use it to
 /// see each plugin's decision, not only the stage's outcome. The session runs with `()`.
 pub trait Observer: Send {

@@ -1,11 +1,13 @@
-//! The offline harness behind `wasmtp plugin test`: runs a session's inputs through a loaded
-//! chain — the real sandboxes, limits and validation — stage by stage as a client would drive
-//! them, with no network and no upstream, and keeps what each plugin decided.
+//! The offline harness behind `wasmtp plugin test` and `wasmtp replay`: runs a session's inputs
+//! through a loaded chain — the real sandboxes, limits and validation — stage by stage as a client
+//! would drive them, with no network and no upstream, and keeps what each plugin decided.
 //!
 //! - [`case`]: the fixtures format (inputs and expectations);
-//! - [`report`]: the text report, the expectations check and the message diff.
+//! - [`report`]: the text report, the expectations check and the message diff;
+//! - [`replay`]: `wasmtp replay`, recorded sessions run again and their decisions compared.
 
 pub mod case;
+pub mod replay;
 pub mod report;
 
 use std::net::SocketAddr;
@@ -34,6 +36,17 @@ pub enum CallResult {
     Decided { verdict: Verdict, edits: Vec<Edit> },
     Fault(Fault),
     Bypassed,
+}
+
+impl CallResult {
+    /// As the chain's observers see it.
+    pub fn called(&self) -> Called<'_> {
+        match self {
+            CallResult::Decided { verdict, edits } => Called::Decided { verdict, edits },
+            CallResult::Fault(fault) => Called::Fault(fault),
+            CallResult::Bypassed => Called::Bypassed,
+        }
+    }
 }
 
 /// One plugin's call at one stage.
@@ -116,34 +129,103 @@ impl Observer for Calls {
 /// would have to stop (a refused greeting, HELO or MAIL, no recipient left, a disconnect).
 pub async fn run(chain: &Chain, case: &Case, session_id: &str) -> anyhow::Result<Trace> {
     let message = case.message_bytes()?;
-    let sender = mailbox(&case.from, false).context("field `from`")?;
-    let mut recipients = Vec::new();
-    for rcpt in &case.rcpt {
-        recipients.push(mailbox(rcpt, true).with_context(|| format!("field `rcpt`: `{rcpt}`"))?);
-    }
-    let headers = HeaderSection::parse(&message, MAX_HEADER_FIELDS).map_err(|e| anyhow::anyhow!("the message: {e}"))?;
-    let body = message[headers.body_offset as usize..].to_vec();
-
     let mut run = Runner::new(chain, case, session_id);
-    let mut steps = Vec::new();
-    steps.push(run.stage(&mut ConnectState, None, After::Nothing).await);
+    let mut steps = run.greet(std::slice::from_ref(&case.helo)).await;
     if !ended(&steps) {
-        run.conn.helo = Some(case.helo.clone());
-        run.conn.auth.spf_helo = case.auth.spf_helo.clone();
-        steps.push(run.stage(&mut EhloState(case.helo.clone()), None, After::Nothing).await);
+        steps.extend(run.transaction(case, Some(&message)).await?);
     }
-    if !ended(&steps) {
-        run.conn.auth.spf_mail = case.auth.spf_mail.clone();
-        run.transaction = Some(Notes::default());
+    Ok(Trace { steps, message })
+}
+
+/// The session so far ended: a refusal at connect, ehlo or mail, or a disconnect anywhere.
+pub fn ended(steps: &[Step]) -> bool {
+    steps.last().is_some_and(|s| match s.outcome {
+        Outcome::Continue => false,
+        Outcome::Disconnect(_) => true,
+        _ => s.stage != Stage::Rcpt,
+    })
+}
+
+fn mailbox(s: &str, recipient: bool) -> anyhow::Result<Mailbox> {
+    if s.is_empty() && !recipient {
+        return Ok(Mailbox::null());
+    }
+    Mailbox::parse(s, false, recipient).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// A case's session: its connection facts and notes, kept from stage to stage and across
+/// its transactions.
+pub struct Runner<'c> {
+    chain: &'c Chain,
+    conn: Connection,
+    /// The HELO name's SPF, visible from ehlo on.
+    spf_helo: Option<crate::auth::SpfCheck>,
+    session: Notes,
+    transaction: Option<Notes>,
+}
+
+impl<'c> Runner<'c> {
+    /// A session with `case`'s connection facts; its iprev and HELO SPF results.
+    pub fn new(chain: &'c Chain, case: &Case, session_id: &str) -> Self {
+        let mut conn = Connection::new(session_id.into(), SocketAddr::new(case.client_ip, 49152));
+        conn.client_name = case.client_name.clone();
+        conn.tls = case.tls.then(|| TlsInfo {
+            version: "TLSv1.3".into(),
+            cipher: "TLS13_AES_256_GCM_SHA384".into(),
+            sni: None,
+        });
+        conn.authenticated_as = case.authenticated_as.clone();
+        conn.auth = AuthResults { iprev: case.auth.iprev.clone(), ..AuthResults::default() };
+        let spf_helo = case.auth.spf_helo.clone();
+        Self { chain, conn, spf_helo, session: Notes::default(), transaction: None }
+    }
+
+    /// Connect, then ehlo with each name in turn, until the session ends.
+    pub async fn greet(&mut self, helos: &[String]) -> Vec<Step> {
+        let mut steps = vec![self.stage(&mut ConnectState, None).await];
+        for helo in helos {
+            if ended(&steps) {
+                break;
+            }
+            self.conn.helo = Some(helo.clone());
+            self.conn.auth.spf_helo = self.spf_helo.clone();
+            steps.push(self.stage(&mut EhloState(helo.clone()), None).await);
+        }
+        steps
+    }
+
+    /// One transaction of `case` (its envelope and MAIL-to-DATA authentication results): mail,
+    /// each rcpt, and data when there is a `message` and a recipient left.
+    pub async fn transaction(&mut self, case: &Case, message: Option<&[u8]>) -> anyhow::Result<Vec<Step>> {
+        let sender = mailbox(&case.from, false).context("field `from`")?;
+        let mut recipients = Vec::new();
+        for rcpt in &case.rcpt {
+            recipients.push(mailbox(rcpt, true).with_context(|| format!("field `rcpt`: `{rcpt}`"))?);
+        }
+        let message = match message {
+            Some(message) => {
+                let headers = HeaderSection::parse(message, MAX_HEADER_FIELDS)
+                    .map_err(|e| anyhow::anyhow!("the message: {e}"))?;
+                let body = message[headers.body_offset as usize..].to_vec();
+                Some((headers, body))
+            }
+            None => None,
+        };
+
+        let auth = &mut self.conn.auth;
+        auth.spf_mail = case.auth.spf_mail.clone();
+        (auth.dkim, auth.arc, auth.dmarc) = (Vec::new(), None, None);
+        self.transaction = Some(Notes::default());
+        let mut steps = Vec::new();
         let mut mail = MailState { sender, params: Vec::new(), utf8: false };
-        let mut step = run.stage(&mut mail, None, After::Nothing).await;
+        let mut step = self.stage(&mut mail, None).await;
         step.after = After::Sender(mail.sender.clone());
         steps.push(step);
         let mut accepted: Vec<Mailbox> = Vec::new();
         if !ended(&steps) {
             for recipient in recipients {
                 let mut rcpt = RcptState::new(mail.sender.clone(), accepted.clone(), recipient.clone(), false);
-                let mut step = run.stage(&mut rcpt, Some(recipient.as_str().to_string()), After::Nothing).await;
+                let mut step = self.stage(&mut rcpt, Some(recipient.as_str().to_string())).await;
                 if step.outcome == Outcome::Continue {
                     for mailbox in rcpt.to_relay() {
                         if !accepted.contains(&mailbox) {
@@ -160,62 +242,29 @@ pub async fn run(chain: &Chain, case: &Case, session_id: &str) -> anyhow::Result
             }
         }
         let disconnected = steps.iter().any(|s| matches!(s.outcome, Outcome::Disconnect(_)));
-        if !ended(&steps) && !disconnected && !accepted.is_empty() {
-            run.conn.auth.dkim = case.auth.dkim.clone();
-            run.conn.auth.arc = case.auth.arc;
-            run.conn.auth.dmarc = case.auth.dmarc.clone();
+        if let Some((headers, body)) = message
+            && !ended(&steps)
+            && !disconnected
+            && !accepted.is_empty()
+        {
+            let auth = &mut self.conn.auth;
+            auth.dkim = case.auth.dkim.clone();
+            auth.arc = case.auth.arc;
+            auth.dmarc = case.auth.dmarc.clone();
             let len = body.len() as u64;
             let mut data = DataState::new(mail.sender, accepted, headers, Arc::new(body), len, false, MAX_MESSAGE_SIZE);
-            let mut step = run.stage(&mut data, None, After::Nothing).await;
+            let mut step = self.stage(&mut data, None).await;
             step.after = After::Data(Box::new(data));
             steps.push(step);
         }
-    }
-    Ok(Trace { steps, message })
-}
-
-/// The session so far ended: a refusal at connect, ehlo or mail, or a disconnect anywhere.
-fn ended(steps: &[Step]) -> bool {
-    steps.last().is_some_and(|s| match s.outcome {
-        Outcome::Continue => false,
-        Outcome::Disconnect(_) => true,
-        _ => s.stage != Stage::Rcpt,
-    })
-}
-
-fn mailbox(s: &str, recipient: bool) -> anyhow::Result<Mailbox> {
-    if s.is_empty() && !recipient {
-        return Ok(Mailbox::null());
-    }
-    Mailbox::parse(s, false, recipient).map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-/// A case's session: its connection facts and notes.
-struct Runner<'c> {
-    chain: &'c Chain,
-    conn: Connection,
-    session: Notes,
-    transaction: Option<Notes>,
-}
-
-impl<'c> Runner<'c> {
-    fn new(chain: &'c Chain, case: &Case, session_id: &str) -> Self {
-        let mut conn = Connection::new(session_id.into(), SocketAddr::new(case.client_ip, 49152));
-        conn.client_name = case.client_name.clone();
-        conn.tls = case.tls.then(|| TlsInfo {
-            version: "TLSv1.3".into(),
-            cipher: "TLS13_AES_256_GCM_SHA384".into(),
-            sni: None,
-        });
-        conn.authenticated_as = case.authenticated_as.clone();
-        conn.auth = AuthResults { iprev: case.auth.iprev.clone(), ..AuthResults::default() };
-        Self { chain, conn, session: Notes::default(), transaction: None }
+        self.transaction = None;
+        Ok(steps)
     }
 
-    async fn stage<S: StageState>(&mut self, state: &mut S, recipient: Option<String>, after: After) -> Step {
+    async fn stage<S: StageState>(&mut self, state: &mut S, recipient: Option<String>) -> Step {
         let mut calls = Calls::default();
         let notes = NoteScopes { session: &mut self.session, transaction: self.transaction.as_mut() };
         let outcome = self.chain.run_observed(&self.conn, notes, state, &mut calls).await;
-        Step { stage: S::STAGE, recipient, calls: calls.0, outcome, after }
+        Step { stage: S::STAGE, recipient, calls: calls.0, outcome, after: After::Nothing }
     }
 }

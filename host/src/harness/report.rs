@@ -7,7 +7,6 @@ use std::fmt::Write as _;
 
 use super::case::{Case, ExpectDetail, ExpectedVerdict, parse_stage};
 use super::{After, CallResult, Step, Trace};
-use crate::filter::api::Edit;
 use crate::filter::validate::Verdict;
 
 /// Longest diff printed, in lines.
@@ -35,7 +34,7 @@ pub fn render(trace: &Trace) -> String {
                     }
                     out.push('\n');
                     for edit in edits {
-                        let _ = writeln!(out, "             edit: {}", describe(edit));
+                        let _ = writeln!(out, "             edit: {}", edit);
                     }
                 }
                 CallResult::Fault(fault) => {
@@ -68,21 +67,6 @@ pub fn render(trace: &Trace) -> String {
         }
     }
     out
-}
-
-/// An edit in one line.
-pub fn describe(edit: &Edit) -> String {
-    match edit {
-        Edit::SetSender(a) => format!("set-sender <{}>", a.mailbox),
-        Edit::AddRecipient(a) => format!("add-recipient <{}>", a.mailbox),
-        Edit::RemoveRecipient(m) => format!("remove-recipient <{m}>"),
-        Edit::AddHeader(h) => format!("add-header {}: {}", h.name, h.value),
-        Edit::InsertHeader { index, header } => format!("insert-header at {index}: {}: {}", header.name, header.value),
-        Edit::ChangeHeader { name, occurrence, value } => format!("change-header {name} #{occurrence}: {value}"),
-        Edit::RemoveHeader { name, occurrence } => format!("remove-header {name} #{occurrence}"),
-        Edit::ReplaceBody(body) => format!("replace-body ({} octets)", body.len()),
-        Edit::Quarantine(reason) => format!("quarantine: {reason}"),
-    }
 }
 
 /// The message as the client sent it against the message after the data stage's edits, as a

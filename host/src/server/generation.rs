@@ -16,6 +16,7 @@ use crate::auth::Auth;
 use crate::config::{Config, ListenerConfig};
 use crate::filter::kv::Kv;
 use crate::metrics::Metrics;
+use crate::session::record::Recorder;
 use crate::session::{ListenerContext, Released, SessionContext, SessionIds};
 use crate::shutdown::ShutdownSignal;
 use crate::tls::ServerTls;
@@ -103,6 +104,12 @@ impl Generation {
             None
         };
         let auth = Auth::from_config(&config.auth, &hostname)?.map(Arc::new);
+        // A reload that keeps `[record]` keeps its recorder, and with it the count of what
+        // was written.
+        let recorder = match previous.filter(|p| p.config().record == config.record) {
+            Some(previous) => previous.session.recorder.clone(),
+            None => Recorder::open(&config.record)?.map(Arc::new),
+        };
         let configured = config.listeners();
         let listeners = fixed
             .bound
@@ -136,6 +143,7 @@ impl Generation {
             tls: Some(tls),
             metrics: fixed.metrics.clone(),
             ids: fixed.ids.clone(),
+            recorder,
             config,
             released: Released(number),
         });

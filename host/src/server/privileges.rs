@@ -1,8 +1,8 @@
 //! Dropping root: a proxy started as root (to bind port 25) becomes `server.user` once its
 //! sockets are bound and its first configuration generation is built (TLS keys read, plugins
 //! compiled), like Postfix's daemons. The directories it keeps writing to — the compile cache,
-//! the embedded Maildir, the quarantine — are handed to that user first; a spool directory that
-//! user cannot write stops the start.
+//! the embedded Maildir, the quarantine, the session recordings — are handed to that user
+//! first; a spool directory that user cannot write stops the start.
 //!
 //! Reloads then run as that user: plugin files, certificates and keys it cannot read make the
 //! reload fail (logged; the running generation stays).
@@ -72,6 +72,10 @@ fn owned_directories(config: &Config) -> anyhow::Result<Vec<PathBuf>> {
     if let Some(cache) = &config.sandbox.cache_dir {
         std::fs::create_dir_all(cache).with_context(|| format!("cannot create {}", cache.display()))?;
         dirs.push(cache.clone());
+    }
+    if let Some(record) = &config.record.dir {
+        std::fs::create_dir_all(record).with_context(|| format!("cannot create {}", record.display()))?;
+        dirs.push(record.clone());
     }
     let hostname = config.hostname();
     let mut maildirs = vec![config.sandbox.quarantine.clone()];

@@ -2,10 +2,13 @@
 //! chain (which may rewrite it), and relayed live so the upstream's answer for the sender and for
 //! each recipient reaches the client.
 
+use super::record::{self, TransactionRecord};
 use super::transaction::Transaction;
 use super::{Flow, Session, mailboxes};
+use crate::auth::AuthResults;
 use crate::filter::Outcome;
 use crate::filter::api::Param;
+use crate::filter::api::Stage;
 use crate::filter::host::NoteScopes;
 use crate::filter::stages::{MailState, RcptState, StageState};
 use crate::replies;
@@ -41,7 +44,15 @@ impl Session {
             return Outcome::Continue;
         }
         let conn = self.facts(Some(txn));
-        chain.run(&conn, NoteScopes { session: &mut self.notes, transaction: Some(&mut txn.notes) }, state).await
+        let notes = NoteScopes { session: &mut self.notes, transaction: Some(&mut txn.notes) };
+        let Some(record) = self.recording.as_mut().and_then(|r| r.transaction()) else {
+            return chain.run(&conn, notes, state).await;
+        };
+        // iprev and the HELO's SPF belong to the session's record.
+        record.auth = AuthResults { iprev: None, spf_helo: None, ..conn.auth.clone() };
+        let recipient = (S::STAGE == Stage::Rcpt).then(|| record.rcpt.last().cloned()).flatten();
+        let mut decisions = record::Decisions { out: &mut record.decisions, recipient };
+        chain.run_observed(&conn, notes, state, &mut decisions).await
     }
 
     pub(super) async fn mail(&mut self, mut mail: MailFrom) -> Flow {
@@ -76,6 +87,10 @@ impl Session {
         // simply ends: nothing was opened upstream.
         let spf_mail = self.authenticate_sender(&mail).await;
         let mut txn = Transaction::new(mail.clone(), spf_mail);
+        if let Some(recording) = &mut self.recording {
+            let from = mail.sender.as_str().to_string();
+            recording.record.transactions.push(TransactionRecord { from, ..TransactionRecord::default() });
+        }
         let mut state = MailState { sender: mail.sender.clone(), params: mail_params(&mail), utf8: mail.smtputf8 };
         let outcome = self.run_transaction_stage(&mut txn, &mut state).await;
         if outcome != Outcome::Continue {
@@ -171,6 +186,9 @@ impl Session {
             return Flow::Continue;
         }
 
+        if let Some(record) = self.recording.as_mut().and_then(|r| r.transaction()) {
+            record.rcpt.push(rcpt.recipient.as_str().to_string());
+        }
         let mut state =
             RcptState::new(txn.mail.sender.clone(), txn.recipients.clone(), rcpt.recipient.clone(), txn.mail.smtputf8);
         let outcome = self.run_transaction_stage(txn, &mut state).await;

@@ -10,6 +10,9 @@ impl Session {
     pub(super) async fn helo(&mut self, name: String, esmtp: bool) -> Flow {
         // A new HELO/EHLO resets any transaction (RFC 5321 §4.1.4).
         self.reset_transaction().await;
+        if let Some(recording) = &mut self.recording {
+            recording.record.helos.push(name.clone());
+        }
         let outcome = self.run_session_stage(&mut EhloState(name.clone())).await;
         if outcome != Outcome::Continue {
             return self.refuse(outcome);

@@ -37,6 +37,7 @@ impl Session {
         message: &mut MessageBuffer,
         trace: String,
     ) -> Answer {
+        self.record_message(message).await;
         let auth = self.ctx.auth.clone();
         if !self.listener.chain.wants(Stage::Data) && auth.is_none() {
             let mut out = Outgoing::unchanged(trace.into_bytes(), message);
@@ -64,6 +65,15 @@ impl Session {
             Ok(self.deliver(txn, &state, &mut out).await)
         };
         phases.await.unwrap_or_else(|answer| answer)
+    }
+
+    /// Keeps the message as received in the session's recording, if there is one.
+    async fn record_message(&mut self, message: &mut MessageBuffer) {
+        let (Some(recording), Some(recorder)) = (&mut self.recording, &self.ctx.recorder) else { return };
+        match message.view().await {
+            Ok(raw) => recording.message(&raw, recorder.redact_bodies()),
+            Err(err) => tracing::warn!(error = %err, "cannot read the message for the session's recording"),
+        }
     }
 
     /// DKIM, ARC and DMARC over the received message, kept in the transaction for plugins and

@@ -13,6 +13,7 @@ mod greeting;
 mod io;
 mod message;
 mod misc;
+pub mod record;
 mod submission;
 mod tls;
 mod transaction;
@@ -64,6 +65,8 @@ pub struct SessionContext {
     pub tls: Option<Arc<ServerTls>>,
     pub metrics: Arc<Metrics>,
     pub ids: Arc<SessionIds>,
+    /// Where sessions are recorded (`[record]`), when they are.
+    pub recorder: Option<Arc<record::Recorder>>,
     /// Last: dropped after everything above.
     pub released: Released,
 }
@@ -185,6 +188,8 @@ pub struct Session {
     notes_at_greeting: Notes,
     /// The client as a trusted XFORWARD described it (Postfix in front of the proxy).
     forwarded: Option<xforward::Forwarded>,
+    /// This session's recording, when `[record]` is on and its directory has room.
+    recording: Option<record::Recording>,
     // Last, so they are dropped last: when a generation is released, its sessions' sockets
     // are closed.
     listener: Arc<ListenerContext>,
@@ -212,12 +217,17 @@ pub async fn run(
     };
     let upstream = ctx.upstream.session(client, listener.mode.submission());
     let max_size = ctx.config.limits.max_message_size.bytes();
+    let id = ctx.ids.next();
+    let recording = ctx.recorder.as_ref().and_then(|r| r.begin(&id)).map(|mut recording| {
+        recording.record.listener = Some(listener.address);
+        recording
+    });
     let mut session = Session {
         io: ClientIo::new(stream, ctx.config.timeouts.idle),
         listener,
         lines: LineReader::new(command::MAX_MAIL_RCPT_LINE),
         peer,
-        id: ctx.ids.next(),
+        id,
         helo: None,
         advertised: Advertised { size: max_size, eight_bit_mime: false, smtputf8: false },
         transaction: None,
@@ -233,6 +243,7 @@ pub async fn run(
         auth_failures: 0,
         notes_at_greeting: Notes::default(),
         forwarded: None,
+        recording,
         ctx,
     };
     let span = tracing::info_span!("session", id = %session.id, client = %peer);
@@ -256,6 +267,7 @@ impl Session {
         }
         self.upstream.quit().await;
         self.io.close().await;
+        self.finish_recording().await;
         tracing::debug!("closed");
     }
 
@@ -289,7 +301,26 @@ impl Session {
             return Outcome::Continue;
         }
         let conn = self.facts(None);
-        chain.run(&conn, NoteScopes { session: &mut self.notes, transaction: None }, state).await
+        let notes = NoteScopes { session: &mut self.notes, transaction: None };
+        let Some(recording) = &mut self.recording else { return chain.run(&conn, notes, state).await };
+        let record = &mut recording.record;
+        record.auth.iprev = conn.auth.iprev.clone();
+        record.auth.spf_helo = conn.auth.spf_helo.clone();
+        let mut decisions = record::Decisions { out: &mut record.decisions, recipient: None };
+        chain.run_observed(&conn, notes, state, &mut decisions).await
+    }
+
+    /// Hands the session's recording to the recorder, with the facts known only at the end.
+    async fn finish_recording(&mut self) {
+        let (Some(mut recording), Some(recorder)) = (self.recording.take(), self.ctx.recorder.clone()) else {
+            return;
+        };
+        let record = &mut recording.record;
+        record.client = Some(self.client_addr());
+        record.client_name = self.client_name();
+        record.tls = self.tls.as_ref().map(|t| t.version.clone());
+        record.authenticated_as = self.authenticated_as.clone();
+        recorder.finish(recording).await;
     }
 
     /// Runs the connect stage and sends the greeting it allows.

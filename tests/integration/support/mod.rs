@@ -161,6 +161,25 @@ pub fn shared_compile_cache() -> std::path::PathBuf {
     DIR.get_or_init(|| tempfile::tempdir().unwrap()).path().to_path_buf()
 }
 
+/// `examples/quickstart.toml` as an operator runs it, for a test: the plugins built for the
+/// tests, the admin endpoint on a free port and the shared compile cache. Relative paths
+/// (the Maildir, the quarantine) are relative to the directory the proxy runs in.
+pub fn quickstart_toml() -> String {
+    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let mut quickstart = std::fs::read_to_string(format!("{repo}/examples/quickstart.toml")).unwrap();
+    for (file, built) in [
+        ("rate_limiter", wasmtp_test_artifacts::RATE_LIMITER),
+        ("address_rewriter", wasmtp_test_artifacts::ADDRESS_REWRITER),
+        ("content_guard", wasmtp_test_artifacts::CONTENT_GUARD),
+        ("header_stamper", wasmtp_test_artifacts::HEADER_STAMPER),
+    ] {
+        quickstart = quickstart.replace(&format!("guest-plugins/target/wasm32-wasip2/release/{file}.wasm"), built);
+    }
+    quickstart = quickstart.replace("127.0.0.1:9025", &format!("127.0.0.1:{}", free_port()));
+    let cache = format!("[sandbox]\ncache_dir = {:?}\n", shared_compile_cache());
+    quickstart.replace("[sandbox]\n", &cache)
+}
+
 /// A `[[plugins]]` entry for a test: `config` is the plugin's free-form table.
 pub fn plugin(name: &str, wasm: &str, config: serde_json::Value) -> wasmtp::config::PluginConfig {
     let config = serde_json::from_value(config).expect("plugin config is a table");

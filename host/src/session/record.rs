@@ -1,0 +1,276 @@
+//! Session recording (`[record]`): what each session gave the plugin chain — connection facts,
+//! HELO names, envelope, message, authentication results — and what every plugin decided, one
+//! JSON file per session (`<session id>.json`, messages beside it as `<session id>.<n>.eml`),
+//! for `wasmtp replay` to run again against a new plugin build.
+//!
+//! The session fills a [`SessionRecord`] as it goes and hands it to the [`Recorder`] when it
+//! ends. The recorder keeps the directory within `max_sessions` and `max_bytes` (counting what
+//! is there already) and stops recording, with one warning, when a bound is reached; it never
+//! deletes anything. A recording that cannot be written is logged and dropped: recording never
+//! affects mail.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::AuthResults;
+use crate::config::RecordConfig;
+use crate::filter::api::Stage;
+use crate::filter::{Called, Observer, Plugin};
+
+/// One session as recorded.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SessionRecord {
+    pub session: String,
+    /// The listener the client connected to (its plugins are the chain).
+    pub listener: Option<SocketAddr>,
+    pub client: Option<SocketAddr>,
+    /// The client's name as iprev verified it.
+    pub client_name: Option<String>,
+    /// The TLS version, when the session ended under TLS.
+    pub tls: Option<String>,
+    pub authenticated_as: Option<String>,
+    /// iprev and the HELO name's SPF, as the session's stages saw them.
+    pub auth: AuthResults,
+    /// Every HELO/EHLO name, in order.
+    pub helos: Vec<String>,
+    /// Decisions at connect and ehlo.
+    pub decisions: Vec<RecordedDecision>,
+    pub transactions: Vec<TransactionRecord>,
+}
+
+/// One mail transaction as recorded: from MAIL to its end.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TransactionRecord {
+    /// The sender as the client gave it ("" for the null sender).
+    pub from: String,
+    /// Each recipient the rcpt stage was asked about, as the client gave it.
+    pub rcpt: Vec<String>,
+    /// SPF of MAIL FROM; DKIM, ARC and DMARC of the message.
+    pub auth: AuthResults,
+    /// The message as the client sent it, a file beside the recording; none when the
+    /// transaction ended before its data stage.
+    pub message: Option<String>,
+    /// Only the message's header section was kept (`redact_bodies`).
+    pub body_redacted: bool,
+    /// Decisions at mail, rcpt and data.
+    pub decisions: Vec<RecordedDecision>,
+}
+
+/// What one plugin decided at one stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedDecision {
+    pub plugin: String,
+    pub stage: String,
+    /// The recipient, at rcpt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+    /// [`Called::summary`].
+    pub decision: String,
+}
+
+/// Collects the decisions of one stage's calls.
+pub struct Decisions<'a> {
+    pub out: &'a mut Vec<RecordedDecision>,
+    pub recipient: Option<String>,
+}
+
+impl Observer for Decisions<'_> {
+    fn wants_edits(&self) -> bool {
+        true
+    }
+
+    fn called(&mut self, plugin: &Plugin, stage: Stage, called: Called<'_>) {
+        self.out.push(RecordedDecision {
+            plugin: plugin.name.to_string(),
+            stage: stage.name().to_string(),
+            recipient: self.recipient.clone(),
+            decision: called.summary(),
+        });
+    }
+}
+
+/// A session's recording in progress: the record and the messages to write beside it.
+#[derive(Debug, Default)]
+pub struct Recording {
+    pub record: SessionRecord,
+    messages: Vec<(String, Vec<u8>)>,
+}
+
+impl Recording {
+    /// The transaction being recorded (the last one begun).
+    pub fn transaction(&mut self) -> Option<&mut TransactionRecord> {
+        self.record.transactions.last_mut()
+    }
+
+    /// Keeps the message of the current transaction (without its body when `redact`).
+    pub fn message(&mut self, raw: &[u8], redact: bool) {
+        let n = self.record.transactions.len();
+        let name = format!("{}.{n}.eml", self.record.session);
+        let kept = if redact { &raw[..header_section_len(raw)] } else { raw };
+        if let Some(txn) = self.record.transactions.last_mut() {
+            txn.message = Some(name.clone());
+            txn.body_redacted = redact;
+            self.messages.push((name, kept.to_vec()));
+        }
+    }
+}
+
+/// The length of the header section with the blank line that ends it (all of `raw` when
+/// there is no body).
+fn header_section_len(raw: &[u8]) -> usize {
+    if raw.starts_with(b"\r\n") {
+        return 2;
+    }
+    raw.windows(4).position(|w| w == b"\r\n\r\n").map_or(raw.len(), |at| at + 4)
+}
+
+/// Writes recordings into the directory, within its bounds.
+#[derive(Debug)]
+pub struct Recorder {
+    dir: PathBuf,
+    config: RecordConfig,
+    /// Sessions and bytes in the directory.
+    used: Mutex<(u64, u64)>,
+    full: AtomicBool,
+}
+
+impl Recorder {
+    /// Opens (creating) the directory and counts what is in it already.
+    pub fn open(config: &RecordConfig) -> anyhow::Result<Option<Self>> {
+        let Some(dir) = &config.dir else { return Ok(None) };
+        std::fs::create_dir_all(dir).with_context(|| format!("field `record.dir`: cannot create {}", dir.display()))?;
+        let mut used = (0, 0);
+        for entry in std::fs::read_dir(dir).with_context(|| format!("field `record.dir`: {}", dir.display()))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".json") {
+                used.0 += 1;
+            }
+            if name.ends_with(".json") || name.ends_with(".eml") {
+                used.1 += entry.metadata().map_or(0, |m| m.len());
+            }
+        }
+        tracing::info!(dir = %dir.display(), sessions = used.0, bytes = used.1, "recording sessions");
+        Ok(Some(Self {
+            dir: dir.clone(),
+            config: config.clone(),
+            used: Mutex::new(used),
+            full: AtomicBool::new(false),
+        }))
+    }
+
+    /// A new session's recording, unless the directory is full.
+    pub fn begin(&self, session: &str) -> Option<Recording> {
+        if self.full.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(Recording {
+            record: SessionRecord { session: session.into(), ..SessionRecord::default() },
+            messages: Vec::new(),
+        })
+    }
+
+    pub fn redact_bodies(&self) -> bool {
+        self.config.redact_bodies
+    }
+
+    /// Writes a finished session's recording, if it fits.
+    pub async fn finish(&self, recording: Recording) {
+        let json = match serde_json::to_vec_pretty(&recording.record) {
+            Ok(json) => json,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot encode the session's recording");
+                return;
+            }
+        };
+        let size = json.len() as u64 + recording.messages.iter().map(|(_, m)| m.len() as u64).sum::<u64>();
+        {
+            let mut used = self.used.lock().expect("not poisoned");
+            if used.0 >= self.config.max_sessions || used.1 + size > self.config.max_bytes.bytes() {
+                if !self.full.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        dir = %self.dir.display(),
+                        sessions = used.0,
+                        bytes = used.1,
+                        max_sessions = self.config.max_sessions,
+                        max_bytes = self.config.max_bytes.bytes(),
+                        "recording stopped: record.dir reached its bound (move the recordings away and reload to go on)"
+                    );
+                }
+                return;
+            }
+            used.0 += 1;
+            used.1 += size;
+        }
+        let name = format!("{}.json", recording.record.session);
+        if let Err(err) = write(&self.dir, &name, json, recording.messages).await {
+            tracing::error!(error = %err, dir = %self.dir.display(), "cannot write the session's recording");
+        }
+    }
+}
+
+/// The messages first, then the record that names them, each written whole under a temporary
+/// name and renamed, so a reader never sees half a recording.
+async fn write(dir: &Path, name: &str, json: Vec<u8>, messages: Vec<(String, Vec<u8>)>) -> std::io::Result<()> {
+    for (file, bytes) in messages.into_iter().chain([(name.to_string(), json)]) {
+        let temp = dir.join(format!(".{file}.tmp"));
+        tokio::fs::write(&temp, bytes).await?;
+        tokio::fs::rename(&temp, dir.join(&file)).await?;
+    }
+    Ok(())
+}
+
+/// Reads the recordings in `dir`, oldest session first (session ids count up).
+pub fn read_dir(dir: &Path) -> anyhow::Result<Vec<SessionRecord>> {
+    let mut records = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let text = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let record: SessionRecord = serde_json::from_slice(&text)
+                .with_context(|| format!("{} is not a wasmtp recording", path.display()))?;
+            records.push(record);
+        }
+    }
+    records.sort_by(|a, b| a.session.cmp(&b.session));
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_keeps_the_header_section_and_its_blank_line() {
+        assert_eq!(header_section_len(b"A: 1\r\nB: 2\r\n\r\nbody\r\n"), 14);
+        assert_eq!(header_section_len(b"A: 1\r\n"), 6);
+        assert_eq!(header_section_len(b"\r\nbody"), 2);
+    }
+
+    #[tokio::test]
+    async fn the_recorder_stops_at_its_bound_and_counts_what_was_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = RecordConfig { dir: Some(dir.path().into()), max_sessions: 2, ..RecordConfig::default() };
+        let recorder = Recorder::open(&config).unwrap().unwrap();
+        for id in ["s1", "s2", "s3"] {
+            let mut recording = recorder.begin(id).unwrap();
+            recording.record.transactions.push(TransactionRecord::default());
+            recording.message(b"Subject: x\r\n\r\nsecret\r\n", true);
+            recorder.finish(recording).await;
+        }
+        assert!(recorder.begin("s4").is_none(), "full: no new recordings");
+        let records = read_dir(dir.path()).unwrap();
+        assert_eq!(records.iter().map(|r| r.session.as_str()).collect::<Vec<_>>(), ["s1", "s2"]);
+        assert_eq!(std::fs::read(dir.path().join("s1.1.eml")).unwrap(), b"Subject: x\r\n\r\n");
+        let reopened = Recorder::open(&config).unwrap().unwrap();
+        assert_eq!(reopened.used.lock().unwrap().0, 2);
+    }
+}
