@@ -364,12 +364,16 @@ async fn reload(
     }
 }
 
-/// SIGHUP: a reload request. Never ends the process.
+/// SIGHUP: a reload request. Never ends the process: the handler is installed before this
+/// returns (a spawned task might run only after the proxy said it is ready, and a SIGHUP before
+/// that would take the signal's default action and kill the process).
 fn reload_on_sighup(requests: mpsc::Sender<ReloadRequest>) -> JoinHandle<()> {
+    #[cfg(unix)]
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     tokio::spawn(async move {
         #[cfg(unix)]
         {
-            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            let Ok(mut hup) = hup else {
                 tracing::warn!("cannot install the SIGHUP handler");
                 return;
             };
