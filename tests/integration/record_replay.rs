@@ -108,6 +108,17 @@ async fn sessions_replayed_against_a_changed_build_report_exactly_the_changed_de
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .collect();
     assert_eq!(json.len(), SESSIONS, "one recording per session");
+    let mut records: Vec<serde_json::Value> =
+        json.iter().map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()).collect();
+    records.sort_by_key(|r| r["session"].as_str().unwrap().to_string());
+    let reset = &records[SESSIONS - 2]["transactions"];
+    assert_eq!(reset.as_array().unwrap().len(), 2, "{reset:#}");
+    assert!(reset[0]["message"].is_null() && reset[0]["rcpt"] == serde_json::json!(["b@example.org"]), "{reset:#}");
+    let refused = &records[2]["transactions"][0];
+    let guard = refused["decisions"].as_array().unwrap().iter().find(|d| d["plugin"] == "guard").unwrap();
+    assert_eq!(guard["decision"], "reject 550 5.7.1 Attachment type .exe is not accepted", "{refused:#}");
+    let eml = recordings.join(refused["message"].as_str().unwrap());
+    assert_eq!(std::fs::read_to_string(eml).unwrap(), message(2).1, "the message as the client sent it");
 
     // The same chain decides as it did: nothing differs, so the recording is faithful.
     let (code, out) = replay(dir.path(), &[]).await;

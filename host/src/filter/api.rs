@@ -194,6 +194,26 @@ pub struct Param {
     pub value: Option<String>,
 }
 
+/// `NAME=value`, or `NAME` without a value.
+impl fmt::Display for Param {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.value {
+            Some(value) => write!(f, "{}={value}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+impl Param {
+    /// Reads the [`Display`](fmt::Display) form back.
+    pub fn parse(text: &str) -> Self {
+        match text.split_once('=') {
+            Some((name, value)) => Self { name: name.to_string(), value: Some(value.to_string()) },
+            None => Self { name: text.to_string(), value: None },
+        }
+    }
+}
+
 /// An envelope address as plugins see and rewrite it: the mailbox without angle brackets
 /// ("" is the null sender) and, as the client gave them, its parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]

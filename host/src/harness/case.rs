@@ -81,6 +81,8 @@ pub struct Case {
     /// The client authenticated (SMTP AUTH) as this user.
     pub authenticated_as: Option<String>,
     pub from: String,
+    /// MAIL parameters as plugins see them: `SIZE=1234`, `BODY=8BITMIME`, `SMTPUTF8`.
+    pub mail_params: Vec<String>,
     pub rcpt: Vec<String>,
     /// An `.eml` file: the message as the client sends it (LF line ends become CRLF).
     pub message: Option<PathBuf>,
@@ -104,6 +106,7 @@ impl Default for Case {
             tls: false,
             authenticated_as: None,
             from: "sender@example.org".into(),
+            mail_params: Vec::new(),
             rcpt: vec!["recipient@example.net".into()],
             message: None,
             message_text: None,

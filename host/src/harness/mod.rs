@@ -17,7 +17,7 @@ use anyhow::Context;
 
 use self::case::Case;
 use crate::auth::AuthResults;
-use crate::filter::api::{Connection, Edit, Stage, TlsInfo};
+use crate::filter::api::{Connection, Edit, Param, Stage, TlsInfo};
 use crate::filter::host::{NoteScopes, Notes};
 use crate::filter::stages::{ConnectState, DataState, EhloState, MailState, RcptState, StageState};
 use crate::filter::validate::Verdict;
@@ -146,11 +146,12 @@ pub fn ended(steps: &[Step]) -> bool {
     })
 }
 
-fn mailbox(s: &str, recipient: bool) -> anyhow::Result<Mailbox> {
+/// `s` as the sender or a recipient (UTF-8 only with SMTPUTF8).
+fn mailbox(s: &str, recipient: bool, utf8: bool) -> anyhow::Result<Mailbox> {
     if s.is_empty() && !recipient {
         return Ok(Mailbox::null());
     }
-    Mailbox::parse(s, false, recipient).map_err(|e| anyhow::anyhow!("{e}"))
+    Mailbox::parse(s, utf8, recipient).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// A case's session: its connection facts and notes, kept from stage to stage and across
@@ -197,10 +198,12 @@ impl<'c> Runner<'c> {
     /// One transaction of `case` (its envelope and MAIL-to-DATA authentication results): mail,
     /// each rcpt, and data when there is a `message` and a recipient left.
     pub async fn transaction(&mut self, case: &Case, message: Option<&[u8]>) -> anyhow::Result<Vec<Step>> {
-        let sender = mailbox(&case.from, false).context("field `from`")?;
+        let params: Vec<Param> = case.mail_params.iter().map(|p| Param::parse(p)).collect();
+        let utf8 = params.iter().any(|p| p.name.eq_ignore_ascii_case("SMTPUTF8"));
+        let sender = mailbox(&case.from, false, utf8).context("field `from`")?;
         let mut recipients = Vec::new();
         for rcpt in &case.rcpt {
-            recipients.push(mailbox(rcpt, true).with_context(|| format!("field `rcpt`: `{rcpt}`"))?);
+            recipients.push(mailbox(rcpt, true, utf8).with_context(|| format!("field `rcpt`: `{rcpt}`"))?);
         }
         let message = match message {
             Some(message) => {
@@ -217,14 +220,14 @@ impl<'c> Runner<'c> {
         (auth.dkim, auth.arc, auth.dmarc) = (Vec::new(), None, None);
         self.transaction = Some(Notes::default());
         let mut steps = Vec::new();
-        let mut mail = MailState { sender, params: Vec::new(), utf8: false };
+        let mut mail = MailState { sender, params, utf8 };
         let mut step = self.stage(&mut mail, None).await;
         step.after = After::Sender(mail.sender.clone());
         steps.push(step);
         let mut accepted: Vec<Mailbox> = Vec::new();
         if !ended(&steps) {
             for recipient in recipients {
-                let mut rcpt = RcptState::new(mail.sender.clone(), accepted.clone(), recipient.clone(), false);
+                let mut rcpt = RcptState::new(mail.sender.clone(), accepted.clone(), recipient.clone(), utf8);
                 let mut step = self.stage(&mut rcpt, Some(recipient.as_str().to_string())).await;
                 if step.outcome == Outcome::Continue {
                     for mailbox in rcpt.to_relay() {
@@ -252,7 +255,7 @@ impl<'c> Runner<'c> {
             auth.arc = case.auth.arc;
             auth.dmarc = case.auth.dmarc.clone();
             let len = body.len() as u64;
-            let mut data = DataState::new(mail.sender, accepted, headers, Arc::new(body), len, false, MAX_MESSAGE_SIZE);
+            let mut data = DataState::new(mail.sender, accepted, headers, Arc::new(body), len, utf8, MAX_MESSAGE_SIZE);
             let mut step = self.stage(&mut data, None).await;
             step.after = After::Data(Box::new(data));
             steps.push(step);

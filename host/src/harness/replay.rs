@@ -154,7 +154,13 @@ fn session_case(record: &SessionRecord) -> Case {
 
 /// A transaction's envelope and authentication results as a harness case.
 fn transaction_case(record: &SessionRecord, txn: &TransactionRecord) -> Case {
-    Case { from: txn.from.clone(), rcpt: txn.rcpt.clone(), auth: txn.auth.clone(), ..session_case(record) }
+    Case {
+        from: txn.from.clone(),
+        mail_params: txn.mail_params.clone(),
+        rcpt: txn.rcpt.clone(),
+        auth: txn.auth.clone(),
+        ..session_case(record)
+    }
 }
 
 /// The steps' decisions, as a recording keeps them.

@@ -87,11 +87,12 @@ impl Session {
         // simply ends: nothing was opened upstream.
         let spf_mail = self.authenticate_sender(&mail).await;
         let mut txn = Transaction::new(mail.clone(), spf_mail);
+        let mut state = MailState { sender: mail.sender.clone(), params: mail_params(&mail), utf8: mail.smtputf8 };
         if let Some(recording) = &mut self.recording {
             let from = mail.sender.as_str().to_string();
-            recording.record.transactions.push(TransactionRecord { from, ..TransactionRecord::default() });
+            let mail_params = state.params.iter().map(Param::to_string).collect();
+            recording.record.transactions.push(TransactionRecord { from, mail_params, ..TransactionRecord::default() });
         }
-        let mut state = MailState { sender: mail.sender.clone(), params: mail_params(&mail), utf8: mail.smtputf8 };
         let outcome = self.run_transaction_stage(&mut txn, &mut state).await;
         if outcome != Outcome::Continue {
             return self.refuse(outcome);

@@ -50,6 +50,8 @@ pub struct SessionRecord {
 pub struct TransactionRecord {
     /// The sender as the client gave it ("" for the null sender).
     pub from: String,
+    /// The MAIL parameters plugins were shown (`SIZE=1234`, `BODY=8BITMIME`, `SMTPUTF8`).
+    pub mail_params: Vec<String>,
     /// Each recipient the rcpt stage was asked about, as the client gave it.
     pub rcpt: Vec<String>,
     /// SPF of MAIL FROM; DKIM, ARC and DMARC of the message.
