@@ -202,6 +202,10 @@ async fn plugin_new_makes_projects_that_build_test_and_filter_mail_in_every_lang
         assert!(out.contains("2 case(s), 2 with expectations: 2 passed, 0 failed"), "{lang}: {out}");
         if lang == "rust" {
             assert!(out.contains("test result: ok. 3 passed"), "the native tests ran with the mock host: {out}");
+        } else {
+            // Unchanged, the interpreter component is not built again (it takes many seconds).
+            let (status, out) = project_script(&dir, "build").await;
+            assert_eq!((status, out.trim()), (0, format!("build: {name}.wasm is up to date").as_str()), "{lang}");
         }
 
         // The .wasm it built filters mail in the proxy.

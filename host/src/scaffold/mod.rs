@@ -214,7 +214,8 @@ fn fill(text: &str, name: &str, language: Language, wasmtp: &Path) -> String {
         Language::Python => (
             "builds, then runs the fixtures in the sandbox",
             "Needs python3 with venv; the first `./build` installs the pinned componentize-py into \
-             `.tools/venv` from PyPI.",
+             `.tools/venv` from PyPI. `./build` does nothing while the .wasm is newer than every \
+             source (`./build --force` rebuilds).",
             "- `app.py`: the plugin (`class WitWorld(wasmtp_filter.Plugin)`). Import modules at the top:\n  \
              the module runs at build time, and the component is a snapshot taken after the import.\n\
              - `wasmtp_filter.py`: the helper module over the generated bindings.",
@@ -222,7 +223,8 @@ fn fill(text: &str, name: &str, language: Language, wasmtp: &Path) -> String {
         Language::Js => (
             "builds, then runs the fixtures in the sandbox",
             "Needs node and npm; the first `./build` installs the pinned componentize-js into \
-             `node_modules` with `npm ci`.",
+             `node_modules` with `npm ci`. `./build` does nothing while the .wasm is newer than every \
+             source (`./build --force` rebuilds).",
             "- `plugin.js`: the plugin (`wf.definePlugin({...})`). Its top level runs at build time, and\n  \
              the component is a snapshot taken after it: do not call the host there.\n\
              - `wasmtp-filter.js`: the helper module over the generated bindings.",

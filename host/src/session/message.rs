@@ -67,12 +67,19 @@ impl Session {
         phases.await.unwrap_or_else(|answer| answer)
     }
 
-    /// Keeps the message as received in the session's recording, if there is one.
+    /// Writes the message as received into the session's recording, if there is one; a message
+    /// that cannot be kept ends the recording.
     async fn record_message(&mut self, message: &mut MessageBuffer) {
-        let (Some(recording), Some(recorder)) = (&mut self.recording, &self.ctx.recorder) else { return };
-        match message.view().await {
-            Ok(raw) => recording.message(&raw, recorder.redact_bodies()),
-            Err(err) => tracing::warn!(error = %err, "cannot read the message for the session's recording"),
+        let (Some(recording), Some(recorder)) = (&mut self.recording, self.ctx.recorder.clone()) else { return };
+        let kept = match message.view().await {
+            Ok(raw) => recorder.message(recording, &raw).await,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the message for the session's recording");
+                false
+            }
+        };
+        if !kept {
+            self.recording = None;
         }
     }
 

@@ -3,8 +3,8 @@
 //! JSON file per session (`<session id>.json`, messages beside it as `<session id>.<n>.eml`),
 //! for `wasmtp replay` to run again against a new plugin build.
 //!
-//! The session fills a [`SessionRecord`] as it goes and hands it to the [`Recorder`] when it
-//! ends. The recorder keeps the directory within `max_sessions` and `max_bytes` (counting what
+//! The session fills a [`SessionRecord`] as it goes, has the [`Recorder`] write each message
+//! when it is received, and hands it the record when the session ends. The recorder keeps the directory within `max_sessions` and `max_bytes` (counting what
 //! is there already) and stops recording, with one warning, when a bound is reached; it never
 //! deletes anything. A recording that cannot be written is logged and dropped: recording never
 //! affects mail.
@@ -98,29 +98,17 @@ impl Observer for Decisions<'_> {
     }
 }
 
-/// A session's recording in progress: the record and the messages to write beside it.
+/// A session's recording in progress. Its messages are written as they arrive (so a session
+/// holds no message in memory for its recording); the record itself when the session ends.
 #[derive(Debug, Default)]
 pub struct Recording {
     pub record: SessionRecord,
-    messages: Vec<(String, Vec<u8>)>,
 }
 
 impl Recording {
     /// The transaction being recorded (the last one begun).
     pub fn transaction(&mut self) -> Option<&mut TransactionRecord> {
         self.record.transactions.last_mut()
-    }
-
-    /// Keeps the message of the current transaction (without its body when `redact`).
-    pub fn message(&mut self, raw: &[u8], redact: bool) {
-        let n = self.record.transactions.len();
-        let name = format!("{}.{n}.eml", self.record.session);
-        let kept = if redact { &raw[..header_section_len(raw)] } else { raw };
-        if let Some(txn) = self.record.transactions.last_mut() {
-            txn.message = Some(name.clone());
-            txn.body_redacted = redact;
-            self.messages.push((name, kept.to_vec()));
-        }
     }
 }
 
@@ -174,14 +162,32 @@ impl Recorder {
         if self.full.load(Ordering::Relaxed) {
             return None;
         }
-        Some(Recording {
-            record: SessionRecord { session: session.into(), ..SessionRecord::default() },
-            messages: Vec::new(),
-        })
+        Some(Recording { record: SessionRecord { session: session.into(), ..SessionRecord::default() } })
     }
 
-    pub fn redact_bodies(&self) -> bool {
-        self.config.redact_bodies
+    /// Writes the message of `recording`'s current transaction beside it (only its header
+    /// section with `redact_bodies`). False when it does not fit or cannot be written: the
+    /// session's recording then ends (a recording without its message could not be replayed).
+    pub async fn message(&self, recording: &mut Recording, raw: &[u8]) -> bool {
+        let redact = self.config.redact_bodies;
+        let kept = if redact { &raw[..header_section_len(raw)] } else { raw };
+        let n = recording.record.transactions.len();
+        let name = format!("{}.{n}.eml", recording.record.session);
+        if !self.reserve(0, kept.len() as u64) {
+            return false;
+        }
+        if let Err(err) = write(&self.dir, &name, kept.to_vec()).await {
+            tracing::error!(error = %err, dir = %self.dir.display(), "cannot write a message of the session's recording");
+            return false;
+        }
+        match recording.transaction() {
+            Some(txn) => {
+                txn.message = Some(name);
+                txn.body_redacted = redact;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Writes a finished session's recording, if it fits.
@@ -193,41 +199,45 @@ impl Recorder {
                 return;
             }
         };
-        let size = json.len() as u64 + recording.messages.iter().map(|(_, m)| m.len() as u64).sum::<u64>();
-        {
-            let mut used = self.used.lock().expect("not poisoned");
-            if used.0 >= self.config.max_sessions || used.1 + size > self.config.max_bytes.bytes() {
-                if !self.full.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        dir = %self.dir.display(),
-                        sessions = used.0,
-                        bytes = used.1,
-                        max_sessions = self.config.max_sessions,
-                        max_bytes = self.config.max_bytes.bytes(),
-                        "recording stopped: record.dir reached its bound (move the recordings away and reload to go on)"
-                    );
-                }
-                return;
-            }
-            used.0 += 1;
-            used.1 += size;
+        if !self.reserve(1, json.len() as u64) {
+            return;
         }
         let name = format!("{}.json", recording.record.session);
-        if let Err(err) = write(&self.dir, &name, json, recording.messages).await {
+        if let Err(err) = write(&self.dir, &name, json).await {
             tracing::error!(error = %err, dir = %self.dir.display(), "cannot write the session's recording");
         }
     }
+
+    /// Counts `sessions` and `bytes` as written if they fit within the bounds; once something
+    /// does not, recording stops, with one warning.
+    fn reserve(&self, sessions: u64, bytes: u64) -> bool {
+        let mut used = self.used.lock().expect("not poisoned");
+        let fits = used.0 + sessions <= self.config.max_sessions && used.1 + bytes <= self.config.max_bytes.bytes();
+        if fits && !self.full.load(Ordering::Relaxed) {
+            used.0 += sessions;
+            used.1 += bytes;
+            return true;
+        }
+        if !self.full.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                dir = %self.dir.display(),
+                sessions = used.0,
+                bytes = used.1,
+                max_sessions = self.config.max_sessions,
+                max_bytes = self.config.max_bytes.bytes(),
+                "recording stopped: record.dir reached its bound (move the recordings away and reload to go on)"
+            );
+        }
+        false
+    }
 }
 
-/// The messages first, then the record that names them, each written whole under a temporary
-/// name and renamed, so a reader never sees half a recording.
-async fn write(dir: &Path, name: &str, json: Vec<u8>, messages: Vec<(String, Vec<u8>)>) -> std::io::Result<()> {
-    for (file, bytes) in messages.into_iter().chain([(name.to_string(), json)]) {
-        let temp = dir.join(format!(".{file}.tmp"));
-        tokio::fs::write(&temp, bytes).await?;
-        tokio::fs::rename(&temp, dir.join(&file)).await?;
-    }
-    Ok(())
+/// Writes `name` whole under a temporary name, then renames it, so a reader never sees half a
+/// file. Messages are written before the record that names them.
+async fn write(dir: &Path, name: &str, bytes: Vec<u8>) -> std::io::Result<()> {
+    let temp = dir.join(format!(".{name}.tmp"));
+    tokio::fs::write(&temp, bytes).await?;
+    tokio::fs::rename(&temp, dir.join(name)).await
 }
 
 /// Reads the recordings in `dir`, oldest session first (session ids count up).
@@ -260,12 +270,17 @@ mod tests {
     #[tokio::test]
     async fn the_recorder_stops_at_its_bound_and_counts_what_was_there() {
         let dir = tempfile::tempdir().unwrap();
-        let config = RecordConfig { dir: Some(dir.path().into()), max_sessions: 2, ..RecordConfig::default() };
+        let config = RecordConfig {
+            dir: Some(dir.path().into()),
+            max_sessions: 2,
+            redact_bodies: true,
+            ..RecordConfig::default()
+        };
         let recorder = Recorder::open(&config).unwrap().unwrap();
         for id in ["s1", "s2", "s3"] {
             let mut recording = recorder.begin(id).unwrap();
             recording.record.transactions.push(TransactionRecord::default());
-            recording.message(b"Subject: x\r\n\r\nsecret\r\n", true);
+            assert!(recorder.message(&mut recording, b"Subject: x\r\n\r\nsecret\r\n").await);
             recorder.finish(recording).await;
         }
         assert!(recorder.begin("s4").is_none(), "full: no new recordings");
@@ -274,5 +289,18 @@ mod tests {
         assert_eq!(std::fs::read(dir.path().join("s1.1.eml")).unwrap(), b"Subject: x\r\n\r\n");
         let reopened = Recorder::open(&config).unwrap().unwrap();
         assert_eq!(reopened.used.lock().unwrap().0, 2);
+    }
+
+    #[tokio::test]
+    async fn a_message_over_the_byte_bound_ends_the_recording() {
+        let dir = tempfile::tempdir().unwrap();
+        let max_bytes = crate::config::ByteSize(100);
+        let config = RecordConfig { dir: Some(dir.path().into()), max_bytes, ..RecordConfig::default() };
+        let recorder = Recorder::open(&config).unwrap().unwrap();
+        let mut recording = recorder.begin("s1").unwrap();
+        recording.record.transactions.push(TransactionRecord::default());
+        assert!(!recorder.message(&mut recording, &[b'x'; 200]).await, "does not fit");
+        assert!(recorder.begin("s2").is_none(), "recording stopped");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing half written");
     }
 }
