@@ -411,3 +411,47 @@ async fn verifying_large_messages_keeps_the_heap_bounded() {
     assert!(grown_mib < (MESSAGES * 4) as f64, "heap grew by {grown_mib:.1} MiB");
     child.kill().await.unwrap();
 }
+
+/// A recording keeps every authentication result a stage saw, so a replay of the same plugins
+/// decides the same: auth-echo's header lists every result, so one missing would differ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_sessions_replay_with_the_authentication_results_they_had() {
+    use wasmtp::harness::replay::{Chains, replay};
+
+    let dns = TestDns::start().await;
+    let recordings = tempfile::tempdir().unwrap();
+    let quarantine = tempfile::tempdir().unwrap();
+    let (dir, qdir) = (recordings.path().to_path_buf(), quarantine.path().to_path_buf());
+    let policy = || plugin("auth-policy", wasm::AUTH_POLICY, json!({}));
+    let (proxy, _up) = auth_proxy(&dns, vec![policy()], move |c| {
+        c.record.dir = Some(dir);
+        c.sandbox.quarantine = qdir;
+    })
+    .await;
+    let mut c = Client::connect_from(proxy.addr, CLIENT_IP).await;
+    c.expect(220).await;
+    c.cmd("EHLO mail.example.org", 250).await;
+    let aligned = sign_rsa(&plain("a@example.org", "aligned"), "example.org", Canonicalization::Relaxed);
+    assert_eq!(c.send_mail("a@example.org", &["r@example.net"], &stuff(aligned.as_bytes())).await.code, 250);
+    let misaligned = sign_rsa(&plain("a@example.org", "misaligned"), "other.example", Canonicalization::Relaxed);
+    assert_eq!(c.send_mail("bounce@other.example", &["r@example.net"], &stuff(misaligned.as_bytes())).await.code, 550);
+    c.cmd("QUIT", 221).await;
+    proxy.stop().await;
+
+    let records = wasmtp::session::record::read_dir(recordings.path()).unwrap();
+    assert_eq!(records.len(), 1);
+    let record = &records[0];
+    assert!(record.auth.iprev.is_some() && record.auth.spf_helo.is_some(), "{record:#?}");
+    assert_eq!(record.transactions.len(), 2);
+    for txn in &record.transactions {
+        assert!(txn.auth.spf_mail.is_some() && !txn.auth.dkim.is_empty() && txn.auth.dmarc.is_some(), "{txn:#?}");
+    }
+    let echoed = record.transactions[0].decisions.iter().find(|d| d.plugin == "echo" && d.stage == "data");
+    assert!(echoed.is_some_and(|d| d.decision.contains("dmarc=pass(example.org")), "{record:#?}");
+
+    let config = with_plugins(vec![plugin("echo", wasm::AUTH_ECHO, json!({})), policy()]);
+    let (chain, _) = wasmtp::wasm::load(&config).await.unwrap();
+    let replayed = replay(&Chains::new(chain, &config), recordings.path(), &records).await.unwrap();
+    assert!(replayed.differences.is_empty(), "{:#?}", replayed.differences);
+    assert!(replayed.decisions >= 6, "{}", replayed.summary());
+}

@@ -5,7 +5,6 @@
 use super::record::{self, TransactionRecord};
 use super::transaction::Transaction;
 use super::{Flow, Session, mailboxes};
-use crate::auth::AuthResults;
 use crate::filter::Outcome;
 use crate::filter::api::Param;
 use crate::filter::api::Stage;
@@ -40,16 +39,22 @@ impl Session {
         state: &mut S,
     ) -> Outcome {
         let chain = self.listener.chain.clone();
-        if !chain.wants(S::STAGE) {
+        let wanted = chain.wants(S::STAGE);
+        if !wanted && self.recording.is_none() {
             return Outcome::Continue;
         }
         let conn = self.facts(Some(txn));
+        if let Some(recording) = &mut self.recording {
+            // Known to the recording even when no plugin runs here: a new build may.
+            recording.auth_results(&conn.auth);
+        }
+        if !wanted {
+            return Outcome::Continue;
+        }
         let notes = NoteScopes { session: &mut self.notes, transaction: Some(&mut txn.notes) };
         let Some(record) = self.recording.as_mut().and_then(|r| r.transaction()) else {
             return chain.run(&conn, notes, state).await;
         };
-        // iprev and the HELO's SPF belong to the session's record.
-        record.auth = AuthResults { iprev: None, spf_helo: None, ..conn.auth.clone() };
         let recipient = (S::STAGE == Stage::Rcpt).then(|| record.rcpt.last().cloned()).flatten();
         let mut decisions = record::Decisions { out: &mut record.decisions, recipient };
         chain.run_observed(&conn, notes, state, &mut decisions).await

@@ -297,16 +297,21 @@ impl Session {
     /// Runs the plugins of `S::STAGE` over `state` outside any transaction.
     async fn run_session_stage<S: StageState>(&mut self, state: &mut S) -> Outcome {
         let chain = self.listener.chain.clone();
-        if !chain.wants(S::STAGE) {
+        let wanted = chain.wants(S::STAGE);
+        if !wanted && self.recording.is_none() {
             return Outcome::Continue;
         }
         let conn = self.facts(None);
+        if let Some(recording) = &mut self.recording {
+            // Known to the recording even when no plugin runs here: a new build may.
+            recording.auth_results(&conn.auth);
+        }
+        if !wanted {
+            return Outcome::Continue;
+        }
         let notes = NoteScopes { session: &mut self.notes, transaction: None };
         let Some(recording) = &mut self.recording else { return chain.run(&conn, notes, state).await };
-        let record = &mut recording.record;
-        record.auth.iprev = conn.auth.iprev.clone();
-        record.auth.spf_helo = conn.auth.spf_helo.clone();
-        let mut decisions = record::Decisions { out: &mut record.decisions, recipient: None };
+        let mut decisions = record::Decisions { out: &mut recording.record.decisions, recipient: None };
         chain.run_observed(&conn, notes, state, &mut decisions).await
     }
 

@@ -110,6 +110,16 @@ impl Recording {
     pub fn transaction(&mut self) -> Option<&mut TransactionRecord> {
         self.record.transactions.last_mut()
     }
+
+    /// Keeps the authentication results a stage saw: iprev and the HELO's SPF for the session,
+    /// the rest for the current transaction.
+    pub fn auth_results(&mut self, auth: &AuthResults) {
+        self.record.auth.iprev = auth.iprev.clone();
+        self.record.auth.spf_helo = auth.spf_helo.clone();
+        if let Some(txn) = self.record.transactions.last_mut() {
+            txn.auth = AuthResults { iprev: None, spf_helo: None, ..auth.clone() };
+        }
+    }
 }
 
 /// The length of the header section with the blank line that ends it (all of `raw` when
