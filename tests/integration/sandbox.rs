@@ -68,7 +68,9 @@ async fn every_hostile_fixture_is_contained() {
 #[tokio::test]
 async fn other_sessions_go_on_while_a_plugin_spins() {
     let up = Recorder::start(Script::default()).await;
-    let limit = Duration::from_millis(1500);
+    // The spin's budget is what the other session must beat; under the full suite's load on
+    // two cores its four round trips once took longer than 1.5 s, so it gets 3 s.
+    let limit = Duration::from_secs(3);
     let proxy = TestProxy::start_with(with_plugins(vec![hostile("spinner", "spin", limit)]), &up.url()).await;
     let mut spinning = proxy.client().await;
     spinning.greet().await;
