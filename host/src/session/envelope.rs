@@ -96,7 +96,7 @@ impl Session {
         if let Some(recording) = &mut self.recording {
             let from = mail.sender.as_str().to_string();
             let mail_params = state.params.iter().map(Param::to_string).collect();
-            recording.record.transactions.push(TransactionRecord { from, mail_params, ..TransactionRecord::default() });
+            recording.transactions.push(TransactionRecord { from, mail_params, ..TransactionRecord::default() });
         }
         let outcome = self.run_transaction_stage(&mut txn, &mut state).await;
         if outcome != Outcome::Continue {

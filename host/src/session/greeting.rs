@@ -11,7 +11,7 @@ impl Session {
         // A new HELO/EHLO resets any transaction (RFC 5321 §4.1.4).
         self.reset_transaction().await;
         if let Some(recording) = &mut self.recording {
-            recording.record.helos.push(name.clone());
+            recording.helos.push(name.clone());
         }
         let outcome = self.run_session_stage(&mut EhloState(name.clone())).await;
         if outcome != Outcome::Continue {

@@ -189,7 +189,7 @@ pub struct Session {
     /// The client as a trusted XFORWARD described it (Postfix in front of the proxy).
     forwarded: Option<xforward::Forwarded>,
     /// This session's recording, when `[record]` is on and its directory has room.
-    recording: Option<record::Recording>,
+    recording: Option<record::SessionRecord>,
     // Last, so they are dropped last: when a generation is released, its sessions' sockets
     // are closed.
     listener: Arc<ListenerContext>,
@@ -219,7 +219,7 @@ pub async fn run(
     let max_size = ctx.config.limits.max_message_size.bytes();
     let id = ctx.ids.next();
     let recording = ctx.recorder.as_ref().and_then(|r| r.begin(&id)).map(|mut recording| {
-        recording.record.listener = Some(listener.address);
+        recording.listener = Some(listener.address);
         recording
     });
     let mut session = Session {
@@ -311,21 +311,20 @@ impl Session {
         }
         let notes = NoteScopes { session: &mut self.notes, transaction: None };
         let Some(recording) = &mut self.recording else { return chain.run(&conn, notes, state).await };
-        let mut decisions = record::Decisions { out: &mut recording.record.decisions, recipient: None };
+        let mut decisions = record::Decisions { out: &mut recording.decisions, recipient: None };
         chain.run_observed(&conn, notes, state, &mut decisions).await
     }
 
     /// Hands the session's recording to the recorder, with the facts known only at the end.
     async fn finish_recording(&mut self) {
-        let (Some(mut recording), Some(recorder)) = (self.recording.take(), self.ctx.recorder.clone()) else {
+        let (Some(mut record), Some(recorder)) = (self.recording.take(), self.ctx.recorder.clone()) else {
             return;
         };
-        let record = &mut recording.record;
         record.client = Some(self.client_addr());
         record.client_name = self.client_name();
         record.tls = self.tls.as_ref().map(|t| t.version.clone());
         record.authenticated_as = self.authenticated_as.clone();
-        recorder.finish(recording).await;
+        recorder.finish(record).await;
     }
 
     /// Runs the connect stage and sends the greeting it allows.

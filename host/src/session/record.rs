@@ -98,25 +98,20 @@ impl Observer for Decisions<'_> {
     }
 }
 
-/// A session's recording in progress. Its messages are written as they arrive (so a session
-/// holds no message in memory for its recording); the record itself when the session ends.
-#[derive(Debug, Default)]
-pub struct Recording {
-    pub record: SessionRecord,
-}
-
-impl Recording {
+/// The session fills its record as it goes; messages are written as they arrive (so a
+/// session holds no message in memory for its recording), the record when the session ends.
+impl SessionRecord {
     /// The transaction being recorded (the last one begun).
     pub fn transaction(&mut self) -> Option<&mut TransactionRecord> {
-        self.record.transactions.last_mut()
+        self.transactions.last_mut()
     }
 
     /// Keeps the authentication results a stage saw: iprev and the HELO's SPF for the session,
     /// the rest for the current transaction.
     pub fn auth_results(&mut self, auth: &AuthResults) {
-        self.record.auth.iprev = auth.iprev.clone();
-        self.record.auth.spf_helo = auth.spf_helo.clone();
-        if let Some(txn) = self.record.transactions.last_mut() {
+        self.auth.iprev = auth.iprev.clone();
+        self.auth.spf_helo = auth.spf_helo.clone();
+        if let Some(txn) = self.transactions.last_mut() {
             txn.auth = AuthResults { iprev: None, spf_helo: None, ..auth.clone() };
         }
     }
@@ -168,21 +163,21 @@ impl Recorder {
     }
 
     /// A new session's recording, unless the directory is full.
-    pub fn begin(&self, session: &str) -> Option<Recording> {
+    pub fn begin(&self, session: &str) -> Option<SessionRecord> {
         if self.full.load(Ordering::Relaxed) {
             return None;
         }
-        Some(Recording { record: SessionRecord { session: session.into(), ..SessionRecord::default() } })
+        Some(SessionRecord { session: session.into(), ..SessionRecord::default() })
     }
 
     /// Writes the message of `recording`'s current transaction beside it (only its header
     /// section with `redact_bodies`). False when it does not fit or cannot be written: the
     /// session's recording then ends (a recording without its message could not be replayed).
-    pub async fn message(&self, recording: &mut Recording, raw: &[u8]) -> bool {
+    pub async fn message(&self, recording: &mut SessionRecord, raw: &[u8]) -> bool {
         let redact = self.config.redact_bodies;
         let kept = if redact { &raw[..header_section_len(raw)] } else { raw };
-        let n = recording.record.transactions.len();
-        let name = format!("{}.{n}.eml", recording.record.session);
+        let n = recording.transactions.len();
+        let name = format!("{}.{n}.eml", recording.session);
         if !self.reserve(0, kept.len() as u64) {
             return false;
         }
@@ -201,8 +196,8 @@ impl Recorder {
     }
 
     /// Writes a finished session's recording, if it fits.
-    pub async fn finish(&self, recording: Recording) {
-        let json = match serde_json::to_vec_pretty(&recording.record) {
+    pub async fn finish(&self, recording: SessionRecord) {
+        let json = match serde_json::to_vec_pretty(&recording) {
             Ok(json) => json,
             Err(err) => {
                 tracing::error!(error = %err, "cannot encode the session's recording");
@@ -212,7 +207,7 @@ impl Recorder {
         if !self.reserve(1, json.len() as u64) {
             return;
         }
-        let name = format!("{}.json", recording.record.session);
+        let name = format!("{}.json", recording.session);
         if let Err(err) = write(&self.dir, &name, json).await {
             tracing::error!(error = %err, dir = %self.dir.display(), "cannot write the session's recording");
         }
@@ -289,7 +284,7 @@ mod tests {
         let recorder = Recorder::open(&config).unwrap().unwrap();
         for id in ["s1", "s2", "s3"] {
             let mut recording = recorder.begin(id).unwrap();
-            recording.record.transactions.push(TransactionRecord::default());
+            recording.transactions.push(TransactionRecord::default());
             assert!(recorder.message(&mut recording, b"Subject: x\r\n\r\nsecret\r\n").await);
             recorder.finish(recording).await;
         }
@@ -308,7 +303,7 @@ mod tests {
         let config = RecordConfig { dir: Some(dir.path().into()), max_bytes, ..RecordConfig::default() };
         let recorder = Recorder::open(&config).unwrap().unwrap();
         let mut recording = recorder.begin("s1").unwrap();
-        recording.record.transactions.push(TransactionRecord::default());
+        recording.transactions.push(TransactionRecord::default());
         assert!(!recorder.message(&mut recording, &[b'x'; 200]).await, "does not fit");
         assert!(recorder.begin("s2").is_none(), "recording stopped");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing half written");
