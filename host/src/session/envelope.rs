@@ -39,18 +39,7 @@ impl Session {
         state: &mut S,
     ) -> Outcome {
         let chain = self.listener.chain.clone();
-        let wanted = chain.wants(S::STAGE);
-        if !wanted && self.recording.is_none() {
-            return Outcome::Continue;
-        }
-        let conn = self.facts(Some(txn));
-        if let Some(recording) = &mut self.recording {
-            // Known to the recording even when no plugin runs here: a new build may.
-            recording.auth_results(&conn.auth);
-        }
-        if !wanted {
-            return Outcome::Continue;
-        }
+        let Some(conn) = self.stage_facts(Some(txn), chain.wants(S::STAGE)) else { return Outcome::Continue };
         let notes = NoteScopes { session: &mut self.notes, transaction: Some(&mut txn.notes) };
         let Some(record) = self.recording.as_mut().and_then(|r| r.transaction()) else {
             return chain.run(&conn, notes, state).await;

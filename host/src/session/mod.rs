@@ -294,21 +294,23 @@ impl Session {
         conn
     }
 
+    /// The connection facts for a stage whose plugins run (`wanted`). The recording notes the
+    /// stage's authentication results either way: a new build may run where none runs now.
+    fn stage_facts(&mut self, txn: Option<&Transaction>, wanted: bool) -> Option<Connection> {
+        if !wanted && self.recording.is_none() {
+            return None;
+        }
+        let conn = self.facts(txn);
+        if let Some(recording) = &mut self.recording {
+            recording.auth_results(&conn.auth);
+        }
+        wanted.then_some(conn)
+    }
+
     /// Runs the plugins of `S::STAGE` over `state` outside any transaction.
     async fn run_session_stage<S: StageState>(&mut self, state: &mut S) -> Outcome {
         let chain = self.listener.chain.clone();
-        let wanted = chain.wants(S::STAGE);
-        if !wanted && self.recording.is_none() {
-            return Outcome::Continue;
-        }
-        let conn = self.facts(None);
-        if let Some(recording) = &mut self.recording {
-            // Known to the recording even when no plugin runs here: a new build may.
-            recording.auth_results(&conn.auth);
-        }
-        if !wanted {
-            return Outcome::Continue;
-        }
+        let Some(conn) = self.stage_facts(None, chain.wants(S::STAGE)) else { return Outcome::Continue };
         let notes = NoteScopes { session: &mut self.notes, transaction: None };
         let Some(recording) = &mut self.recording else { return chain.run(&conn, notes, state).await };
         let mut decisions = record::Decisions { out: &mut recording.decisions, recipient: None };
