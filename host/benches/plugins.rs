@@ -1,13 +1,15 @@
 //! Plugin runtime costs, printed as figures and as ratios to their targets (a benchmark prints,
 //! it never fails): `cargo bench -p wasmtp --bench plugins`.
 //!
+//! `SECTIONS=2,5` runs only those sections.
+//!
 //! 1. One small stage call including a fresh sandbox (instantiate, call, drop): p50 and p99,
 //!    against an empty chain measured in the same run.
 //! 2. `on-data` with a 1 MiB body including its fresh sandbox.
 //! 3. How long past its budget a spinning plugin keeps running.
 //! 4. A restart of the real binary with 5 plugins and a warm compile cache: time to the first
 //!    accepted connection, against the same binary without plugins.
-//! 5. Each plugin of the end-to-end benchmark per call.
+//! 5. Each plugin of the end-to-end benchmark per call (data-stage ones at 5 KiB and 1 MiB).
 //! 6. The external tagger in Rust, Python and JavaScript: a data-stage call with its fresh
 //!    sandbox (p50, p99, as a ratio to the Rust one), the load time cold and from the compile
 //!    cache, and the resident memory with 50 calls in flight.
@@ -140,11 +142,10 @@ async fn data_call(cache: &std::path::Path) {
     );
 }
 
-/// What each plugin of the end-to-end benchmark costs per message (5 KiB), fresh sandbox
-/// included, so the e2e gap can be attributed.
+/// What each plugin of the end-to-end benchmark costs per message (5 KiB, and 1 MiB for the
+/// data-stage ones), fresh sandbox included, so the e2e gap can be attributed.
 async fn example_plugins(cache: &std::path::Path) {
-    let (headers, body) = message_of_size(5 << 10);
-    println!("5. per call of the e2e plugins, 5 KiB message, fresh sandbox (2000 calls each, p50):");
+    println!("5. per call of the e2e plugins, fresh sandbox (p50):");
     let rewriter =
         plugin("rewriter", wasm::ADDRESS_REWRITER, json!({"masquerade": {"internal.example": "example.org"}}));
     let stamper = plugin("stamper", wasm::HEADER_STAMPER, json!({"add": {"X-Filtered-By": "wasmtp"}}));
@@ -152,17 +153,20 @@ async fn example_plugins(cache: &std::path::Path) {
     let (p, _) = wasmtp::wasm::load(&config_with(vec![rewriter], cache)).await.unwrap();
     let mail = mail_call_latencies(&p, 2000).await;
     println!("   address-rewriter at MAIL: {:.1} us", us(percentile(&mail, 0.5)));
-    for (name, pc) in [("header-stamper", stamper), ("content-guard", guard)] {
-        let (p, _) = wasmtp::wasm::load(&config_with(vec![pc], cache)).await.unwrap();
-        let mut samples = Vec::new();
-        for _ in 0..2000 {
-            let mut state = data_state(&headers, &body);
-            let started = Instant::now();
-            run_stage(&p, &mut state).await;
-            samples.push(started.elapsed());
+    for (size, label, calls) in [(5 << 10, "5 KiB", 2000), (1 << 20, "1 MiB", 300)] {
+        let (headers, body) = message_of_size(size);
+        for (name, pc) in [("header-stamper", &stamper), ("content-guard", &guard)] {
+            let (p, _) = wasmtp::wasm::load(&config_with(vec![pc.clone()], cache)).await.unwrap();
+            let mut samples = Vec::new();
+            for _ in 0..calls {
+                let mut state = data_state(&headers, &body);
+                let started = Instant::now();
+                run_stage(&p, &mut state).await;
+                samples.push(started.elapsed());
+            }
+            samples.sort();
+            println!("   {name} at DATA, {label}: {:.1} us", us(percentile(&samples, 0.5)));
         }
-        samples.sort();
-        println!("   {name} at DATA: {:.1} us", us(percentile(&samples, 0.5)));
     }
 }
 
@@ -336,13 +340,28 @@ fn main() {
     println!("wasmtp plugin runtime benchmark; load average {}", loadavg());
     let cache = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // SECTIONS=2,5 runs only those sections (all by default).
+    let sections = std::env::var("SECTIONS").unwrap_or_default();
+    let run = |n: &str| sections.is_empty() || sections.split(',').any(|s| s.trim() == n);
     runtime.block_on(async {
-        stage_call(cache.path()).await;
-        data_call(cache.path()).await;
-        spin_overshoot(cache.path()).await;
-        example_plugins(cache.path()).await;
-        taggers_by_language().await;
+        if run("1") {
+            stage_call(cache.path()).await;
+        }
+        if run("2") {
+            data_call(cache.path()).await;
+        }
+        if run("3") {
+            spin_overshoot(cache.path()).await;
+        }
+        if run("5") {
+            example_plugins(cache.path()).await;
+        }
+        if run("6") {
+            taggers_by_language().await;
+        }
     });
-    restart(cache.path());
+    if run("4") {
+        restart(cache.path());
+    }
     println!("load average {}", loadavg());
 }

@@ -77,11 +77,28 @@ async fn content_guard_refuses_forbidden_attachments_and_tags_suspicious_mail() 
     assert_eq!(c.send_mail("a@example.org", &["b@example.net"], &stuff(phishy)).await.code, 250);
     let clean = b"Subject: Lunch\r\n\r\nNoon?\r\n";
     assert_eq!(c.send_mail("a@example.org", &["b@example.net"], &stuff(clean)).await.code, 250);
+    // A phrase anywhere in a longer body (at the start, in the middle, at the very end), in any
+    // case and across a line break; and one that is not quite it.
+    let filler = "a line of ordinary text, typical of a message body.\r\n".repeat(20);
+    let offsets = [0, 15, 16, 17, 500, filler.len() - 3, filler.len()];
+    for (i, at) in offsets.iter().enumerate() {
+        let (head, tail) = filler.split_at(*at);
+        let text = if i % 2 == 0 { "Wire\r\n transfer" } else { "wire TRANSFER" };
+        let message = format!("Subject: m{i}\r\n\r\n{head}{text}{tail}");
+        assert_eq!(c.send_mail("a@example.org", &["b@example.net"], &stuff(message.as_bytes())).await.code, 250);
+    }
+    let near_miss = format!("Subject: near\r\n\r\n{filler}wire transfe");
+    assert_eq!(c.send_mail("a@example.org", &["b@example.net"], &stuff(near_miss.as_bytes())).await.code, 250);
     c.cmd("QUIT", 221).await;
     proxy.stop().await;
 
     let msgs = up.messages();
-    assert_eq!(msgs.len(), 2, "the .exe message never went upstream");
+    assert_eq!(msgs.len(), 3 + offsets.len(), "the .exe message never went upstream");
+    for (i, at) in offsets.iter().enumerate() {
+        let subject = format!("Subject: [SUSPICIOUS] m{i}\r\n");
+        assert!(strip_our_received(&msgs[2 + i].wire).starts_with(subject.as_bytes()), "phrase at {at} not found");
+    }
+    assert!(strip_our_received(&msgs[2 + offsets.len()].wire).starts_with(b"Subject: near\r\n"));
     assert_eq!(
         strip_our_received(&msgs[0].wire),
         b"Subject: [SUSPICIOUS] Account notice\r\nContent-Type: text/plain\r\n\r\nPlease VERIFY  your\r\naccount today.\r\n.\r\n"

@@ -118,16 +118,16 @@ impl MessageBuffer {
         }
     }
 
-    /// Reads up to `max` octets from the start, for the header section and plugin bodies.
+    /// Up to `max` octets from `offset` on, for plugin bodies.
+    ///
+    /// Copied from the [`view`](MessageBuffer::view), in one step. Read through tokio's `File`
+    /// instead, a spilled 1 MiB body took sixteen round trips through the blocking pool (a
+    /// thread wakeup each) and two copies per chunk (the file's own buffer, then ours).
     pub async fn read_prefix(&mut self, offset: u64, max: usize) -> std::io::Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(max.min(self.len as usize));
-        self.seek(offset).await?;
-        while out.len() < max {
-            let Some(chunk) = self.next_chunk().await? else { break };
-            let take = chunk.len().min(max - out.len());
-            out.extend_from_slice(&chunk[..take]);
-        }
-        Ok(out)
+        let content = self.view().await?;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(content.len());
+        let end = start.saturating_add(max).min(content.len());
+        Ok(content[start..end].to_vec())
     }
 
     /// Reads from the start up to and including the blank line that ends the header section
@@ -331,6 +331,28 @@ mod tests {
                 got.extend_from_slice(chunk);
             }
             assert_eq!(got, expect);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_prefix_is_cut_at_its_bound_in_memory_and_spilled() {
+        let dir = tempfile::tempdir().unwrap();
+        let content: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        for memory_limit in [4096, 100] {
+            let mut buf = MessageBuffer::new(memory_limit, dir.path());
+            buf.append(&content[..600]).await.unwrap();
+            buf.append(&content[600..]).await.unwrap();
+            assert_eq!(buf.is_spilled(), memory_limit < 1000);
+            assert_eq!(buf.read_prefix(10, 300).await.unwrap(), &content[10..310]);
+            assert_eq!(buf.read_prefix(900, 300).await.unwrap(), &content[900..], "to the end");
+            assert_eq!(buf.read_prefix(2000, 300).await.unwrap(), b"", "past the end");
+            // Reading a prefix leaves the content intact for relaying.
+            let mut got = Vec::new();
+            buf.rewind().await.unwrap();
+            while let Some(chunk) = buf.next_chunk().await.unwrap() {
+                got.extend_from_slice(chunk);
+            }
+            assert_eq!(got, content);
         }
     }
 }

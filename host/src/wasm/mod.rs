@@ -6,9 +6,11 @@
 //! - [`cache`]: the on-disk cache of compiled plugins;
 //! - [`sandbox`]: one call in a fresh Store with limits, and fault classification;
 //! - [`contract`]: the contract version a plugin was built for, and its calls;
+//! - [`borrowed`]: the message record lowered from the host's data without copying it;
 //! - [`v0_1`], [`v0_2`]: the bindings of each released `wasmtp:filter` and their conversion
 //!   to the filter API, with what they share in [`shared`].
 
+mod borrowed;
 pub mod cache;
 pub mod component;
 pub mod contract;

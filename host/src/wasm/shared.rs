@@ -54,7 +54,7 @@ macro_rules! shared_contract {
                 }
                 api::StageInput::Data { envelope: env, message: msg } => {
                     stage_export(store, &instance, "on-data")?
-                        .call_async(&mut *store, (&conn, &envelope(env), &message(msg)))
+                        .call_async(&mut *store, (&conn, &envelope(env), &crate::wasm::borrowed::Message::new(msg)))
                         .await?
                 }
             };
@@ -100,13 +100,6 @@ macro_rules! shared_contract {
                 sender: e.sender.as_ref().map(address),
                 recipients: e.recipients.iter().map(address).collect(),
             }
-        }
-
-        fn message(m: &api::Message<'_>) -> wit::Message {
-            let headers = m.headers.map_or_else(Vec::new, |h| {
-                h.iter().map(|f| wit::Header { name: f.name.clone(), value: f.value.clone() }).collect()
-            });
-            wit::Message { headers, body: m.body.map(<[u8]>::to_vec), body_truncated: m.body_truncated, size: m.size }
         }
 
         fn auth_result(r: auth::AuthResult) -> wit::AuthResult {
