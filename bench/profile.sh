@@ -8,6 +8,7 @@
 #   bench/profile.sh                         # c=50 5 KiB and c=10 1 MiB
 #   CASES="50:5120:12000" SECONDS_PER_CASE=6 bench/profile.sh
 #   BARE=1 bench/profile.sh                  # the proxy without plugins, to compare against
+#   BIN=/tmp/wasmtp-old bench/profile.sh     # a given build instead (self time only)
 #
 # Needs linux-perf (scripts/setup --test does not install it: `apt-get install linux-perf`),
 # Postfix's smtp-sink and smtp-source. The build goes to target/profiling (its own flags would
@@ -24,9 +25,17 @@ command -v perf >/dev/null || { echo "profile.sh: perf not found (apt-get instal
 
 scripts/setup --test
 (cd guest-plugins && cargo build --release --locked -q)
-RUSTFLAGS="-C force-frame-pointers=yes" CARGO_TARGET_DIR=$ROOT/target/profiling \
-  cargo build --release --locked -q -p wasmtp --features profiling
-BIN=$ROOT/target/profiling/release/wasmtp
+if [ -n "${BIN:-}" ]; then
+  # A given build (e.g. a release binary of an older commit, to compare before and after
+  # without two profiling builds): no frame pointers or perf map, so self time only; guest
+  # functions are named from the compile cache's files instead.
+  CALL_GRAPH=()
+else
+  RUSTFLAGS="-C force-frame-pointers=yes" CARGO_TARGET_DIR=$ROOT/target/profiling \
+    cargo build --release --locked -q -p wasmtp --features profiling
+  BIN=$ROOT/target/profiling/release/wasmtp
+  CALL_GRAPH=(--call-graph fp)
+fi
 GUESTS=$ROOT/guest-plugins/target/wasm32-wasip2/release
 
 cleanup() {
@@ -44,9 +53,9 @@ if [ "${BARE:-0}" = 1 ]; then
 else
   plugin_config $PORT rewriter stamper guard >"$W/proxy.toml"
 fi
-# No compile cache: code loaded from a cache file is mapped from that file, which perf names
-# by the file instead of by the perf map's function names.
-rm -rf "$W/cache"
+# With the perf map, no compile cache: code loaded from a cache file is mapped from that file,
+# which perf names by the file instead of by the perf map's function names.
+[ ${#CALL_GRAPH[@]} -eq 0 ] || rm -rf "$W/cache"
 (WASMTP_PERFMAP=1 exec setsid "$BIN" serve --config "$W/proxy.toml" </dev/null >"$W/proxy.log" 2>&1) &
 echo $! >"$W/proxy.pid"
 PID=$(cat "$W/proxy.pid")
@@ -57,7 +66,7 @@ for case in $CASES; do
   smtp-source -c -s "$conc" -m 500 -l "$size" -f a@example.org -t b@example.org 127.0.0.1:$PORT >/dev/null
   smtp-source -c -s "$conc" -m "$count" -l "$size" -f a@example.org -t b@example.org 127.0.0.1:$PORT >/dev/null &
   load=$!
-  perf record -q -F 999 --call-graph fp -o "$W/perf-$conc-$size.data" -p "$PID" -- sleep "$SECONDS_PER_CASE" 2>/dev/null
+  perf record -q -F 999 "${CALL_GRAPH[@]}" -o "$W/perf-$conc-$size.data" -p "$PID" -- sleep "$SECONDS_PER_CASE" 2>/dev/null
   kill "$load" 2>/dev/null || true
   wait "$load" 2>/dev/null || true
   echo

@@ -26,7 +26,12 @@ for line in sys.stdin:
             if sym.startswith(module + "::"):
                 group = f"guest code: {name}"
     elif dso.endswith(".cwasm"):
-        group = "guest code, mapped from the compile cache (unnamed)"
+        # Named by the cache file's symbols (`wasm[0]::function[55]::_ZN13content_guard...`)
+        # when perf finds them.
+        group = "guest code from the compile cache: standard library, SDK, bindings, or unnamed"
+        for module, name in PLUGINS.items():
+            if re.search(r"\d" + module + r"\d", sym):
+                group = f"guest code: {name}"
     elif dso.startswith("libc"):
         group = "libc"
     elif dso == "wasmtp":
