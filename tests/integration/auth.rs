@@ -381,14 +381,11 @@ async fn verifying_large_messages_keeps_the_heap_bounded() {
             tokio::spawn(async move {
                 let mut c = Client::connect(addr).await;
                 c.greet().await;
-                c.cmd("MAIL FROM:<a@example.org>", 250).await;
-                c.cmd("RCPT TO:<rcpt@example.net>", 250).await;
-                c.cmd("DATA", 354).await;
-                c.send(&wire[..]).await;
                 // Twenty 40 MiB body hashes on two cores in an unoptimised build: the reply
                 // gets the whole test's bound, not the default per-reply one (this test is
                 // about memory, not speed).
-                let r = c.reply_within(Duration::from_secs(120)).await.expect("a reply to the message");
+                let r =
+                    c.send_mail_within("a@example.org", &["rcpt@example.net"], &wire, Duration::from_secs(120)).await;
                 c.cmd("QUIT", 221).await;
                 r.code
             })

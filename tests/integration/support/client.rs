@@ -160,13 +160,24 @@ impl Client {
 
     /// Runs a whole transaction with an already stuffed body and returns the final reply.
     pub async fn send_mail(&mut self, from: &str, to: &[&str], wire_body: &[u8]) -> Reply {
+        self.send_mail_within(from, to, wire_body, WAIT).await
+    }
+
+    /// Like [`Client::send_mail`], waiting up to `bound` for the reply to the message.
+    pub async fn send_mail_within(
+        &mut self,
+        from: &str,
+        to: &[&str],
+        wire_body: &[u8],
+        bound: std::time::Duration,
+    ) -> Reply {
         self.cmd(&format!("MAIL FROM:<{from}>"), 250).await;
         for rcpt in to {
             self.cmd(&format!("RCPT TO:<{rcpt}>"), 250).await;
         }
         self.cmd("DATA", 354).await;
         self.send(wire_body).await;
-        self.reply().await
+        self.reply_within(bound).await.expect("connection closed while waiting for a reply")
     }
 
     /// Waits until the server closes the connection; returns whatever else arrived.
