@@ -5,8 +5,8 @@
 //! copied the body and every header field once per plugin, before the canonical ABI copied them
 //! again into the guest's memory: at 1 MiB, a megabyte copied per body-reading plugin for
 //! nothing. These records are type-checked against the same WIT records (by field name and
-//! type, as any typed call's parameters are), so a contract change that they no longer match
-//! fails the plugin's first call with a type error rather than lowering the wrong shape. The
+//! type, when the plugin is loaded: `StageExports` in `shared.rs`), so a contract change that
+//! they no longer match refuses the plugin at load rather than lowering the wrong shape. The
 //! record is unchanged between the contract versions, so one definition serves both.
 
 use wasmtime::component::{ComponentType, Lower};

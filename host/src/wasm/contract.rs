@@ -12,8 +12,8 @@ use crate::filter::api;
 
 /// A linked plugin, ready to be instantiated for each call.
 pub enum Bindings {
-    V0_1(v0_1::FilterPre<CallState>),
-    V0_2(v0_2::FilterPre<CallState>),
+    V0_1(v0_1::Prepared),
+    V0_2(v0_2::Prepared),
 }
 
 impl Bindings {
@@ -21,8 +21,8 @@ impl Bindings {
     /// newest one when it imports none of the contract's interfaces).
     pub fn new(pre: InstancePre<CallState>, version: Option<&str>) -> anyhow::Result<Self> {
         let bindings = match version {
-            Some(v) if v.starts_with("0.1.") => v0_1::FilterPre::new(pre).map(Bindings::V0_1),
-            _ => v0_2::FilterPre::new(pre).map(Bindings::V0_2),
+            Some(v) if v.starts_with("0.1.") => v0_1::Prepared::new(pre).map(Bindings::V0_1),
+            _ => v0_2::Prepared::new(pre).map(Bindings::V0_2),
         };
         bindings.map_err(|e| {
             anyhow::anyhow!(

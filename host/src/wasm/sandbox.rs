@@ -168,9 +168,13 @@ impl WasmSandbox {
 
     /// A fresh Store for one call within `budget`, once a slot of the instance pool is free.
     async fn open(&self, host: HostContext, budget: Duration) -> Result<OpenSandbox<'_>, (Fault, HostContext)> {
-        let permit = match tokio::time::timeout(budget, self.slots.acquire()).await {
-            Ok(Ok(permit)) => permit,
-            _ => return Err((Fault::new(FaultKind::Busy, "no sandbox slot free"), host)),
+        // A free slot is taken at once; only a call that has to wait arms a timer for it.
+        let permit = match self.slots.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => match tokio::time::timeout(budget, self.slots.acquire()).await {
+                Ok(Ok(permit)) => permit,
+                _ => return Err((Fault::new(FaultKind::Busy, "no sandbox slot free"), host)),
+            },
         };
         let stderr = BoundedStderr::default();
         // No preopened directory, environment or arguments; every socket denied (the

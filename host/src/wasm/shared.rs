@@ -4,9 +4,9 @@
 //! makes distinct Rust types for each package version, so this is written once here and
 //! expanded inside each version's module.
 
-/// Expands `manifest`, `call` and the conversions in a version's module, which has in scope
-/// `wit` (its generated `types`), `FilterPre`, `CallState`, `Store`, `HostCallError`, `api`
-/// (`crate::filter::api`) and `auth` (`crate::auth::results`).
+/// Expands `Prepared`, `manifest`, `call` and the conversions in a version's module, which has
+/// in scope `wit` (its generated `types`), `FilterPre`, `CallState`, `Store`, `HostCallError`,
+/// `api` (`crate::filter::api`) and `auth` (`crate::auth::results`).
 macro_rules! shared_contract {
     () => {
         /// A refused host call, as the error that ends the plugin call; the sandbox classifies it.
@@ -14,63 +14,147 @@ macro_rules! shared_contract {
             wasmtime::Error::new(error)
         }
 
+        /// The parameters each stage export is called with: the one definition both the check
+        /// at load ([`StageExports::new`]) and the calls ([`call`]) use.
+        type ConnectParams<'a> = (&'a wit::Connection,);
+        type EhloParams<'a> = (&'a wit::Connection, &'a str);
+        type MailParams<'a> = (&'a wit::Connection, &'a wit::Address);
+        type RcptParams<'a> = (&'a wit::Connection, &'a wit::Envelope, &'a wit::Address);
+        type DataParams<'a> = (&'a wit::Connection, &'a wit::Envelope, &'a crate::wasm::borrowed::Message<'a>);
+        /// What every stage export returns.
+        type StageResult = (wit::Decision,);
+
+        /// A plugin of this contract version, linked: the generated pre-instance (whose `new`
+        /// checks every export of the world) and its stage exports.
+        pub struct Prepared {
+            pre: FilterPre<CallState>,
+            stages: StageExports,
+        }
+
+        impl Prepared {
+            pub fn new(pre: wasmtime::component::InstancePre<CallState>) -> wasmtime::Result<Self> {
+                let pre = FilterPre::new(pre)?;
+                let stages = StageExports::new(pre.instance_pre())?;
+                Ok(Self { pre, stages })
+            }
+        }
+
+        /// Each stage export's index, type-checked once, when the plugin is loaded, against the
+        /// parameters `call` passes it (for [`DataParams`] the host's borrowed message record,
+        /// not bindgen's). A call then takes its export by index without checking it again:
+        /// the check compares every field name of the records and was 8 % of the sandbox's
+        /// samples under load (bench/profile-2026-12-03.md, "Per message").
+        struct StageExports {
+            connect: wasmtime::component::ComponentExportIndex,
+            ehlo: wasmtime::component::ComponentExportIndex,
+            mail: wasmtime::component::ComponentExportIndex,
+            rcpt: wasmtime::component::ComponentExportIndex,
+            data: wasmtime::component::ComponentExportIndex,
+        }
+
+        impl StageExports {
+            fn new(pre: &wasmtime::component::InstancePre<CallState>) -> wasmtime::Result<Self> {
+                Ok(Self {
+                    connect: checked_export::<ConnectParams<'static>>(pre, "on-connect")?,
+                    ehlo: checked_export::<EhloParams<'static>>(pre, "on-ehlo")?,
+                    mail: checked_export::<MailParams<'static>>(pre, "on-mail")?,
+                    rcpt: checked_export::<RcptParams<'static>>(pre, "on-rcpt")?,
+                    data: checked_export::<DataParams<'static>>(pre, "on-data")?,
+                })
+            }
+        }
+
+        /// The index of the export `name`, once it is known to be a function taking `P` and
+        /// returning [`StageResult`]. Lifetimes are not part of a component type: a check with
+        /// `'static` holds for every lifetime.
+        fn checked_export<P>(
+            pre: &wasmtime::component::InstancePre<CallState>,
+            name: &str,
+        ) -> wasmtime::Result<wasmtime::component::ComponentExportIndex>
+        where
+            P: wasmtime::component::ComponentNamedList + wasmtime::component::Lower,
+        {
+            use wasmtime::component::types::ComponentItem;
+            let (item, index) = pre
+                .component()
+                .get_export(None, name)
+                .ok_or_else(|| wasmtime::format_err!("no export `{name}` found"))?;
+            match item {
+                ComponentItem::ComponentFunc(func) => wasmtime::error::Context::with_context(
+                    func.typecheck::<P, StageResult>(&pre.instance_type()),
+                    || format!("type-checking export func `{name}`"),
+                )?,
+                _ => wasmtime::bail!("export `{name}` is not a function"),
+            }
+            Ok(index)
+        }
+
         /// Reads the plugin's manifest.
-        pub async fn manifest(
-            store: &mut Store<CallState>,
-            pre: &FilterPre<CallState>,
-        ) -> wasmtime::Result<api::Manifest> {
-            let filter = pre.instantiate_async(&mut *store).await?;
+        pub async fn manifest(store: &mut Store<CallState>, plugin: &Prepared) -> wasmtime::Result<api::Manifest> {
+            let filter = plugin.pre.instantiate_async(&mut *store).await?;
             Ok(filter.call_manifest(&mut *store).await?.into())
         }
 
         /// Instantiates the plugin and calls the export for `call`'s stage.
         ///
-        /// Only that export is looked up and type-checked: the generated `instantiate` checks
-        /// every export the world has on every call, which perf showed as a fifth of the cost of
-        /// a small plugin call (bench/profile.sh).
+        /// Only that export is looked up, by the index checked at load: the generated
+        /// `instantiate` looks up all seven exports on every call, which perf showed as a fifth
+        /// of the cost of a small plugin call (bench/profile.sh).
         pub async fn call(
             store: &mut Store<CallState>,
-            pre: &FilterPre<CallState>,
+            plugin: &Prepared,
             call: &api::Call<'_>,
         ) -> wasmtime::Result<api::Decision> {
-            let instance = pre.instance_pre().instantiate_async(&mut *store).await?;
+            let instance = plugin.pre.instance_pre().instantiate_async(&mut *store).await?;
+            let stages = &plugin.stages;
             let conn = connection(call.conn);
+            // SAFETY (each `stage_export`): the index was type-checked at load against the
+            // same parameter alias, in `StageExports::new`, for this component.
             let (decision,) = match &call.input {
                 api::StageInput::Connect => {
-                    stage_export(store, &instance, "on-connect")?.call_async(&mut *store, (&conn,)).await?
+                    let func = unsafe { stage_export::<ConnectParams<'_>>(store, &instance, &stages.connect)? };
+                    func.call_async(&mut *store, (&conn,)).await?
                 }
                 api::StageInput::Ehlo { helo } => {
-                    stage_export(store, &instance, "on-ehlo")?.call_async(&mut *store, (&conn, &helo[..])).await?
+                    let func = unsafe { stage_export::<EhloParams<'_>>(store, &instance, &stages.ehlo)? };
+                    func.call_async(&mut *store, (&conn, &helo[..])).await?
                 }
                 api::StageInput::Mail { sender } => {
-                    stage_export(store, &instance, "on-mail")?
-                        .call_async(&mut *store, (&conn, &address(sender)))
-                        .await?
+                    let func = unsafe { stage_export::<MailParams<'_>>(store, &instance, &stages.mail)? };
+                    func.call_async(&mut *store, (&conn, &address(sender))).await?
                 }
                 api::StageInput::Rcpt { envelope: env, recipient } => {
-                    stage_export(store, &instance, "on-rcpt")?
-                        .call_async(&mut *store, (&conn, &envelope(env), &address(recipient)))
-                        .await?
+                    let func = unsafe { stage_export::<RcptParams<'_>>(store, &instance, &stages.rcpt)? };
+                    func.call_async(&mut *store, (&conn, &envelope(env), &address(recipient))).await?
                 }
                 api::StageInput::Data { envelope: env, message: msg } => {
-                    stage_export(store, &instance, "on-data")?
-                        .call_async(&mut *store, (&conn, &envelope(env), &crate::wasm::borrowed::Message::new(msg)))
-                        .await?
+                    let func = unsafe { stage_export::<DataParams<'_>>(store, &instance, &stages.data)? };
+                    let message = crate::wasm::borrowed::Message::new(msg);
+                    func.call_async(&mut *store, (&conn, &envelope(env), &message)).await?
                 }
             };
             Ok(decision.into())
         }
 
-        /// The stage export `name`, type-checked against the parameters it is called with.
-        fn stage_export<P>(
+        /// The stage export at `index` of `instance`, as a function taking `P`.
+        ///
+        /// # Safety
+        ///
+        /// `index` must have been checked by [`checked_export`] with the same `P` (up to
+        /// lifetimes) for the component `instance` was instantiated from.
+        unsafe fn stage_export<P>(
             store: &mut Store<CallState>,
             instance: &wasmtime::component::Instance,
-            name: &str,
-        ) -> wasmtime::Result<wasmtime::component::TypedFunc<P, (wit::Decision,)>>
+            index: &wasmtime::component::ComponentExportIndex,
+        ) -> wasmtime::Result<wasmtime::component::TypedFunc<P, StageResult>>
         where
             P: wasmtime::component::ComponentNamedList + wasmtime::component::Lower,
         {
-            instance.get_typed_func::<P, (wit::Decision,)>(&mut *store, name)
+            let func = instance
+                .get_func(&mut *store, index)
+                .ok_or_else(|| wasmtime::format_err!("the stage export is missing from its instance"))?;
+            // SAFETY: the caller guarantees the export's type was checked against `P`.
+            Ok(unsafe { wasmtime::component::TypedFunc::new_unchecked(func) })
         }
 
         // Filter API → contract.

@@ -28,9 +28,10 @@ mod generated {
     });
 }
 
+pub use generated::Filter;
+use generated::FilterPre;
 use generated::wasmtp::filter::host::{Host as HostImports, Level};
 use generated::wasmtp::filter::types as wit;
-pub use generated::{Filter, FilterPre};
 
 shared_contract!();
 

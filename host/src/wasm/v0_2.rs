@@ -28,19 +28,20 @@ mod generated {
     });
 }
 
+pub use generated::Filter;
+use generated::FilterPre;
 use generated::wasmtp::filter::host::{Host as HostImports, KvError, Level};
 use generated::wasmtp::filter::types as wit;
-pub use generated::{Filter, FilterPre};
 
 shared_contract!();
 
 /// Calls the plugin's `init` with its configuration: `Ok(Err(text))` is the plugin refusing it.
 pub async fn init(
     store: &mut Store<CallState>,
-    pre: &FilterPre<CallState>,
+    plugin: &Prepared,
     config: &str,
 ) -> wasmtime::Result<Result<(), String>> {
-    let filter = pre.instantiate_async(&mut *store).await?;
+    let filter = plugin.pre.instantiate_async(&mut *store).await?;
     filter.call_init(&mut *store, config).await
 }
 
