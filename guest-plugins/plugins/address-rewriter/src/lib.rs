@@ -29,11 +29,40 @@ struct Config {
 }
 
 /// One mailbox or a list of them.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 enum Targets {
     One(String),
     Many(Vec<String>),
+}
+
+/// By hand rather than as an untagged enum: serde buffers an untagged value and formats an
+/// error for each variant that does not match it, and the configuration is parsed on every
+/// call (each call is a fresh sandbox), so a list of targets cost a thrown-away error message
+/// per alias per call.
+impl<'de> Deserialize<'de> for Targets {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Targets;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a mailbox or a list of mailboxes")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, mailbox: &str) -> Result<Targets, E> {
+                Ok(Targets::One(mailbox.to_owned()))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Targets, A::Error> {
+                let mut many = Vec::new();
+                while let Some(mailbox) = seq.next_element()? {
+                    many.push(mailbox);
+                }
+                Ok(Targets::Many(many))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 impl Targets {
@@ -99,3 +128,28 @@ impl Filter for AddressRewriter {
 }
 
 export!(AddressRewriter);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_alias_is_one_mailbox_or_a_list_and_nothing_else() {
+        let config: Config = wasmtp_plugin::parse_config(
+            r#"{"aliases": {"info@example.org": "ann@example.org", "sales@example.org": ["ann@example.org", "bob@example.org"], "none@example.org": []}}"#,
+        )
+        .unwrap();
+        let targets = |k: &str| config.aliases[k].as_slice().to_vec();
+        assert_eq!(targets("info@example.org"), ["ann@example.org"]);
+        assert_eq!(targets("sales@example.org"), ["ann@example.org", "bob@example.org"]);
+        assert!(targets("none@example.org").is_empty());
+
+        for bad in [r#"{"aliases": {"a@example.org": 5}}"#, r#"{"aliases": {"a@example.org": [5]}}"#] {
+            let err = wasmtp_plugin::parse_config::<Config>(bad).unwrap_err();
+            assert!(
+                err.contains("expected a mailbox or a list of mailboxes") || err.contains("expected a string"),
+                "{err}"
+            );
+        }
+    }
+}
